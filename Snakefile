@@ -1,0 +1,26 @@
+# pvdm pipeline: one DAG from raw data to the paper table. Logic lives in the `pvdm` package;
+# every rule calls the `pvdm` command line. See README.md for the picture of the DAG.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# `--configfile F` replaces the embedded default instead of merging into it, so a paper config
+# never inherits the Moving-MNIST experiment.
+if not config:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+wildcard_constraints:
+    exp="|".join(config["experiments"]),
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

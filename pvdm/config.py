@@ -1,0 +1,113 @@
+"""Experiment configuration: OmegaConf YAML, validated against workflow/schemas/config.schema.yaml.
+
+The same schema is applied by the Snakefile and by the pvdm CLI, so an unknown key or a wrong
+type fails before any job starts, with a message naming the key and the file. Defaults live in the
+schema only and are filled in by validation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from omegaconf import OmegaConf
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _default_filling_validator() -> type:
+    """A Draft 2020-12 validator that also writes schema defaults into the instance."""
+    base = jsonschema.Draft202012Validator
+    validate_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, sub_schema):  # noqa: ANN001
+        if isinstance(instance, dict):
+            for name, prop in properties.items():
+                if "default" in prop and name not in instance:
+                    instance[name] = json.loads(json.dumps(prop["default"]))
+        yield from validate_properties(validator, properties, instance, sub_schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
+
+
+def _format_error(err: jsonschema.ValidationError, source: str) -> str:
+    path = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+        keys = ", ".join(f"{path}.{k}" if path != "<top level>" else k for k in extra)
+        hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+        return f"{source}: unknown key {keys}{hint}"
+    return f"{source}: {path}: {err.message}"
+
+
+def validate(cfg: dict[str, Any], source: str = "<config>", definition: str | None = None) -> dict[str, Any]:
+    """Validate (and fill defaults into) ``cfg`` in place; ``definition`` picks a $defs entry."""
+    root = schema()
+    sub = {"$ref": f"#/$defs/{definition}", "$defs": root["$defs"]} if definition else root
+    validator = _default_filling_validator()(sub)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise ConfigError("\n".join(_format_error(e, source) for e in errors[:10]))
+    return cfg
+
+
+def load_config(paths: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Load one or more YAML files (later ones override earlier ones), apply dotted ``key=value``
+    overrides, validate, fill defaults. Returns plain dicts."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise ConfigError("no config file given")
+    merged = OmegaConf.create()
+    for p in paths:
+        if not Path(p).is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.load(p))
+        except Exception as e:
+            raise ConfigError(f"{p}: cannot parse YAML: {e}") from e
+    if overrides:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    cfg = OmegaConf.to_container(merged, resolve=True)
+    source = " + ".join(str(p) for p in paths) + (" (with command-line overrides)" if overrides else "")
+    return validate(cfg, source)  # type: ignore[arg-type]
+
+
+def experiment(cfg: dict[str, Any], name: str | None) -> tuple[str, dict[str, Any]]:
+    """Pick one experiment; ``name`` may be omitted when the config holds exactly one."""
+    exps = cfg["experiments"]
+    if name is None:
+        if len(exps) != 1:
+            raise ConfigError(f"the config holds experiments {sorted(exps)}; choose one with --exp")
+        name = next(iter(exps))
+    if name not in exps:
+        raise ConfigError(f"experiment {name!r} is not in the config (have: {', '.join(sorted(exps))})")
+    return name, exps[name]
+
+
+def experiment_from_json(text: str) -> dict[str, Any]:
+    """An experiment's settings passed inline (how Snakemake rules call the CLI), validated."""
+    try:
+        exp = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--settings is not valid JSON: {e}") from e
+    return validate(exp, "--settings", definition="experiment")

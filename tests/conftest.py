@@ -1,0 +1,92 @@
+"""Shared fixtures: small real-footage datasets in the UCF-101 and SkyTimelapse layouts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pvdm.data.video_io import decode_video
+
+DATA = Path(__file__).parent / "data"
+VIDEOS = DATA / "videos"
+REPO = Path(__file__).resolve().parents[1]
+
+# Real camera footage in four codecs (h264 mp4, cinepak avi, msmpeg4 avi), see tests/data/videos.
+REAL_VIDEOS = {
+    "carphone.mp4": (120, 144, 176),
+    "tree.avi": (68, 240, 320),
+    "vtest_small.avi": (40, 144, 192),
+    "bikes_small.mp4": (40, 136, 320),
+}
+
+
+def make_ucf_tree(root: Path, damaged: bool = True) -> Path:
+    """``root/UCF-101/<Class>/v_<Class>_gXX_c01.avi`` + ``ucfTrainTestlist`` (fold 1) from real clips.
+
+    Groups g01-g02 are test, g03-g04 train (UCF-101 splits by group). With ``damaged``, the train
+    list also names a truncated file, a zero-byte file, random bytes and a missing file.
+    """
+    ucf = root / "UCF-101"
+    classes = {"Biking": "bikes_small.mp4", "PlayingPhone": "carphone.mp4", "WalkingStreet": "vtest_small.avi"}
+    train, test = [], []
+    for cls, src in classes.items():
+        (ucf / cls).mkdir(parents=True)
+        for g in (1, 2, 3, 4):
+            name = f"{cls}/v_{cls}_g{g:02d}_c01.avi"
+            shutil.copy(VIDEOS / src, ucf / name)  # the extension lies for mp4: PyAV sniffs the container
+            (test if g <= 2 else train).append(name)
+    if damaged:
+        good = (VIDEOS / "carphone.mp4").read_bytes()
+        bad = {
+            "Biking/v_Biking_g05_c01.avi": good[: len(good) // 40],  # truncated header region
+            "Biking/v_Biking_g06_c01.avi": b"",  # zero bytes
+            "Biking/v_Biking_g07_c01.avi": np.random.default_rng(0).bytes(50_000),  # random bytes
+        }
+        for name, data in bad.items():
+            (ucf / name).write_bytes(data)
+            train.append(name)
+        train.append("Biking/v_Biking_g08_c01.avi")  # listed, missing on disk
+    lists = ucf / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "trainlist01.txt").write_text("".join(f"{n} {i % 3 + 1}\n" for i, n in enumerate(train)))
+    (lists / "testlist01.txt").write_text("".join(f"{n}\n" for n in test))
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(classes)))
+    return ucf
+
+
+def write_frames(folder: Path, frames: np.ndarray, ext: str = "png", pad: bool = False) -> None:
+    """Frame files named frame1, frame2, ..., frame10 (not zero-padded unless ``pad``)."""
+    folder.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        name = f"frame{i:04d}" if pad else f"frame{i + 1}"
+        Image.fromarray(f).save(folder / f"{name}.{ext}", quality=95)
+
+
+def make_sky_tree(root: Path, layout: str = "flat", test_name: str = "test") -> Path:
+    """SkyTimelapse-layout tree from real frames (tree.avi downscaled), png + jpg."""
+    frames = decode_video(VIDEOS / "tree.avi")[:, ::4, ::4]  # 68 frames of 60x80
+    sky = root / "sky"
+    for split, videos in (("train", 3), (test_name, 2)):
+        for v in range(videos):
+            chunk = frames[v * 10 : v * 10 + 24]
+            ext = "jpg" if v % 2 else "png"
+            if layout == "flat":
+                write_frames(sky / split / f"video{v}", chunk, ext)
+            else:
+                write_frames(sky / split / f"video{v}" / "clip1", chunk[:20], ext)
+                write_frames(sky / split / f"video{v}" / "clip2", chunk[4:], ext)
+    return sky
+
+
+@pytest.fixture
+def ucf_tree(tmp_path: Path) -> Path:
+    return make_ucf_tree(tmp_path)
+
+
+@pytest.fixture
+def real_video_paths() -> dict[str, Path]:
+    return {name: VIDEOS / name for name in REAL_VIDEOS}
