@@ -9,7 +9,7 @@ min_version("9.0")
 # never inherits the Moving-MNIST experiment.
 if not config:
 
-    configfile: "config/config.yaml"
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REAL_VIDEOS, make_sky_tree, make_ucf_tree
+import torch
+from conftest import REAL_VIDEOS, make_sky_tree
 
 from pvdm.config import validate
 from pvdm.data import moving_mnist
@@ -194,7 +194,9 @@ def test_clip_batches_ranks_partition_global_batch(tmp_path):
     store = ClipStore(tmp_path / "s")
     full = ClipBatches(store, 4, 3, seed=1)
     ranks = [ClipBatches(store, 4, 3, seed=1, rank=r, world_size=2) for r in range(2)]
-    x = full.get(5)
+    u = full.get(5)
+    assert u.shape == (4, 3, 4, 4, 3) and u.dtype == torch.uint8
+    x = to_model_range(u)
     assert x.shape == (4, 3, 3, 4, 4) and x.min() >= -1 and x.max() <= 1
     assert np.array_equal(np.concatenate([r.indices(5)[0] for r in ranks]), full.indices(5)[0])
     assert np.array_equal(to_uint8(x)[..., 0, 0, 0], (np.asarray(full.indices(5)[0]) * 10)[:, None].repeat(3, 1))
@@ -204,8 +206,6 @@ def test_clip_batches_ranks_partition_global_batch(tmp_path):
 
 def test_uint8_round_trip():
     u = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16, 1).repeat(3, -1)
-    import torch
-
     assert np.array_equal(to_uint8(to_model_range(torch.from_numpy(u))), u)
 
 
