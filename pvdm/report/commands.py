@@ -1,0 +1,158 @@
+"""`pvdm table` (the paper table) and `pvdm figures` (training curves, sample strips, FVD over checkpoints)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("pvdm.report")
+
+ROWS_HELP = """\
+ROWS is a JSON list with one object per table row:
+  {"id": "ucf101", "label": "Ours, PVDM-L", "dataset": "ucf101", "kind": "ours",
+   "paper_variant": "PVDM-L 400/400-s",
+   "fvd16": "results/ucf101/metrics/fvd16.json", "fvd128": "results/ucf101/metrics/fvd128.json",
+   "recon": "results/ucf101/metrics/recon.json"}
+kind is one of ours, released, untrained, real_floor (a real_floor row shows the real-vs-real FVD floor
+stored in its FVD files). paper_variant names a `variant` of the reported-numbers CSV (e.g. PVDM-S, PVDM-L,
+"PVDM-L 400/400-s"); without it the row gets no paper comparison. fvd16, fvd128 and recon are optional;
+relative paths are taken from --base-dir. A missing metric file shows as n/a with a footnote; a malformed
+one stops with an error naming the file."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "table",
+        help="the paper table: our FVD / reconstruction metrics beside the PVDM paper's numbers",
+        description=textwrap.fill(
+            "Build the results table from metric files (`pvdm fvd`, `pvdm recon-metrics`) and the paper's "
+            "reported numbers. Writes OUT/NAME.md, .csv (numbers), .tex and .json (for `dvc metrics`) "
+            "atomically. Cells show value [95% bootstrap interval], the paper's number with its confidence "
+            "tag (V read in the paper, S secondary source, M recalled) and the difference; footnotes give each "
+            "protocol card and how it differs from the paper's (N, resolution, frames, EMA).", 100
+        ) + "\n\n" + ROWS_HELP,
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--rows", required=True, type=Path, help="JSON list of row objects (see above)")
+    p.add_argument("--reported", type=Path, default=Path("config/paper/pvdm_reported.csv"),
+                   help="CSV of the paper's reported numbers")
+    p.add_argument("--out", required=True, type=Path, help="output folder (e.g. results/paper)")
+    p.add_argument("--name", default="table1", help="file stem of the outputs")
+    p.add_argument("--base-dir", type=Path, default=Path("."), help="folder that relative metric paths start from")
+    p.set_defaults(func=run_table)
+
+    p = sub.add_parser(
+        "figures",
+        help="report figures: training curves, sample strips, FVD over checkpoints (PNG)",
+        description=textwrap.fill(
+            "Report figures as PNG files (matplotlib, Agg), written atomically. One of: `curves` (losses and "
+            "eval metrics vs step from log.jsonl files), `strip` (frames of generated videos), `fvd` (FVD vs "
+            "training step from several metric files). See `pvdm figures <figure> --help`.", 100),
+        formatter_class=_Formatter,
+    )
+    figs = p.add_subparsers(dest="figure", metavar="<figure>", required=True)
+
+    f = figs.add_parser(
+        "curves", help="losses vs step (+ eval/* metrics) from log.jsonl files", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Losses vs training step from one or more training logs (JSON lines with a 'step' key), "
+        "and every eval/* metric on its own panel below. Give LABEL=PATH to name a log; a bare PATH is "
+        "labelled by its folder.",
+    )
+    f.add_argument("logs", nargs="+", help="log.jsonl files, optionally as LABEL=PATH")
+    f.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    f.add_argument("--keys", nargs="+", default=None,
+                   help="only these log keys (e.g. g/total d/total eval/psnr); default: every numeric key")
+    f.add_argument("--logy", action="store_true", help="log-scale loss axis (drops series with values <= 0)")
+    f.add_argument("--title", default=None, help="figure title")
+    f.set_defaults(func=run_curves)
+
+    f = figs.add_parser(
+        "strip", help="a strip of sample frames: first K videos x every k-th frame", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="One image with a row per video and every k-th frame across, from a .npy file holding "
+        "uint8 videos [N, T, H, W, 3] (or 1 channel), e.g. the sample stage's videos.",
+    )
+    f.add_argument("--videos", required=True, type=Path, help=".npy uint8 [N, T, H, W, C]")
+    f.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    f.add_argument("--num-videos", type=int, default=4, help="rows: the first K videos")
+    f.add_argument("--every", type=int, default=2, help="take every k-th frame")
+    f.add_argument("--max-frames", type=int, default=None, help="at most this many frames per row")
+    f.add_argument("--title", default=None, help="figure title")
+    f.set_defaults(func=run_strip)
+
+    f = figs.add_parser(
+        "fvd", help="FVD vs training step from several metric files", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="FVD across saved checkpoints: one line per clip length (FVD16, FVD128) with the "
+        "bootstrap interval as error bars and the real-vs-real floor dashed. The step comes from the file "
+        "('step' or protocol.step) or its name (fvd16_step050000.json, step_50000/fvd16.json).",
+    )
+    f.add_argument("metrics", nargs="+", type=Path, help="FVD metric JSON files written by `pvdm fvd`")
+    f.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    f.add_argument("--logy", action="store_true", help="log-scale FVD axis")
+    f.add_argument("--title", default=None, help="figure title")
+    f.set_defaults(func=run_fvd_plot)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in --help, and descriptions keep their line breaks (the ROWS example)."""
+
+
+def run_table(args: argparse.Namespace) -> None:
+    from pvdm.report.table import make_table
+
+    if not args.rows.is_file():
+        raise FileNotFoundError(f"{args.rows}: no such rows file")
+    if not args.reported.is_file():
+        raise FileNotFoundError(f"{args.reported}: no such reported-numbers CSV")
+    table = make_table(args.rows, args.reported, args.out, args.base_dir, args.name)
+    missing = table.numbers[table.numbers["status"] != "ok"]
+    for _, r in missing.iterrows():
+        log.warning("row %s: %s", r["id"], r["status"])
+    log.info("wrote %s/%s.{md,csv,tex,json} (%d rows)", args.out, args.name, len(table.numbers))
+
+
+def _parse_logs(items: list[str]) -> dict[str, Path]:
+    logs: dict[str, Path] = {}
+    for item in items:
+        label, sep, path = item.partition("=")
+        if not sep:
+            label, path = Path(item).parent.name or item, item
+        if label in logs:
+            raise ValueError(f"two logs labelled '{label}'; name them LABEL=PATH")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such log file")
+        logs[label] = Path(path)
+    return logs
+
+
+def run_curves(args: argparse.Namespace) -> None:
+    from pvdm.report.figures import plot_training_curves
+
+    plot_training_curves(_parse_logs(args.logs), args.out, args.keys, args.logy, args.title)
+    log.info("wrote %s", args.out)
+
+
+def run_strip(args: argparse.Namespace) -> None:
+    from pvdm.report.figures import plot_sample_strip
+
+    if not args.videos.is_file():
+        raise FileNotFoundError(f"{args.videos}: no such file")
+    videos = np.load(args.videos, mmap_mode="r", allow_pickle=False)
+    if videos.ndim != 5:
+        raise ValueError(f"{args.videos}: expected uint8 videos [N, T, H, W, C], got shape {videos.shape}")
+    head = np.asarray(videos[: args.num_videos])  # read only the rows we draw
+    plot_sample_strip(head, args.out, args.num_videos, args.every, args.max_frames, args.title)
+    log.info("wrote %s", args.out)
+
+
+def run_fvd_plot(args: argparse.Namespace) -> None:
+    from pvdm.report.figures import plot_fvd_checkpoints
+
+    for path in args.metrics:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such metric file")
+    plot_fvd_checkpoints(args.metrics, args.out, args.title, args.logy)
+    log.info("wrote %s", args.out)
