@@ -9,6 +9,8 @@ import sys
 import pvdm
 from pvdm.config import ConfigError
 from pvdm.data import commands as data_commands
+from pvdm.report import commands as report_commands
+from pvdm.train import commands as train_commands
 from pvdm.utils.progress import setup_logging
 
 log = logging.getLogger("pvdm")
@@ -24,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     data_commands.register(sub)
+    train_commands.register(sub)
+    report_commands.register(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ schema only and are filled in by validation.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -53,6 +54,10 @@ def _format_error(err: jsonschema.ValidationError, source: str) -> str:
         keys = ", ".join(f"{path}.{k}" if path != "<top level>" else k for k in extra)
         hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
         return f"{source}: unknown key {keys}{hint}"
+    if err.validator == "unevaluatedProperties":
+        extra = re.findall(r"'([^']+)'", err.message.split("(", 1)[-1])
+        keys = ", ".join(f"{path}.{k}" if path != "<top level>" else k for k in extra)
+        return f"{source}: unknown key {keys}"
     return f"{source}: {path}: {err.message}"
 
 

@@ -16,16 +16,32 @@ def exp_cfg(exp):
 
 
 def settings(exp, *sections):
-    """The sections of an experiment a job depends on, as JSON. Passed as params, so changing
-    them reruns exactly the jobs that read them (Snakemake's params rerun trigger)."""
+    """The (dotted) sections of an experiment a job depends on, as JSON. Passed as params, so
+    changing them reruns exactly the jobs that read them (Snakemake's params rerun trigger).
+    """
     cfg = exp_cfg(exp)
     picked = {"seed": cfg.get("seed", 0)}
-    picked.update({s: cfg[s] for s in sections if s in cfg})
+    for dotted in sections:
+        *parents, leaf = dotted.split(".")
+        src, dst = cfg, picked
+        for key in parents:
+            src, dst = src[key], dst.setdefault(key, {})
+        dst[leaf] = src[leaf]
     return json.dumps(picked, sort_keys=True)
 
 
 def final_targets():
-    return [f"results/{exp}/data/manifest.json" for exp in EXPERIMENTS]
+    """What the default target builds for each experiment: as far as its config goes."""
+    targets = []
+    for exp in EXPERIMENTS:
+        cfg = exp_cfg(exp)
+        targets.append(f"results/{exp}/data/manifest.json")
+        ae = cfg.get("autoencoder", {})
+        if "stage1" in ae:
+            targets.append(f"results/{exp}/autoencoder/stage1/model.pt")
+        if "gan" in ae:
+            targets.append(f"results/{exp}/autoencoder/gan/model.pt")
+    return targets
 
 
 def raw_data_input(exp):
