@@ -9,6 +9,7 @@ import sys
 import pvdm
 from pvdm.config import ConfigError
 from pvdm.data import commands as data_commands
+from pvdm.eval import commands as eval_commands
 from pvdm.report import commands as report_commands
 from pvdm.train import commands as train_commands
 from pvdm.utils.progress import setup_logging
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     data_commands.register(sub)
     train_commands.register(sub)
+    eval_commands.register(sub)
     report_commands.register(sub)
     return parser
 
