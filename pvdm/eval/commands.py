@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -251,38 +252,37 @@ def run_recon(args: argparse.Namespace) -> dict[str, Any]:
     from pvdm.checkpoints import load_autoencoder
     from pvdm.eval.autoencoder import recon_metrics, reconstruct
     from pvdm.eval.fvd import code_version, default_device, evaluate_fvd
-    from pvdm.utils.io import atomic_path
 
     device = torch.device(args.device) if args.device else default_device()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     model = load_autoencoder(args.autoencoder, map_location=device)
     store = ClipStore(args.data / args.split)
     frames, n = model.cfg.frames, min(args.num_videos, len(store))
     metrics: dict[str, Any] = recon_metrics(model, store, n, frames, device=device)
     metrics["rfvd"] = None
     if not args.no_rfvd:
-        with atomic_path(args.out.with_suffix(".recon.npy"), suffix=".npy") as tmp:
+        # Reconstructions go to a scratch memory map beside the output (they can exceed RAM at 256px).
+        with tempfile.TemporaryDirectory(dir=args.out.parent, prefix=".recon-") as scratch:
+            shape = (n, frames, *store.shape[2:])
             recon = np.lib.format.open_memmap(
-                tmp, mode="w+", dtype=np.uint8, shape=(n, frames, *store.shape[2:])
+                Path(scratch) / "recon.npy", mode="w+", dtype=np.uint8, shape=shape
             )
             done = 0
             for _, rec in reconstruct(model, store, n, frames, device=device):
                 recon[done : done + len(rec)] = rec
                 done += len(rec)
-            real = np.asarray(store.clips[:n, :frames]) if n * store.clips[0].nbytes < 2**31 else store.clips
-            dataset = store.info.get("dataset")
             metrics["rfvd"] = evaluate_fvd(
-                real,
+                store.clips,
                 recon,
                 num_videos=n,
                 frames=frames,
                 selector="first_n_from_start",
                 bootstrap_rounds=args.bootstrap,
                 device=device,
-                dataset=dataset,
+                dataset=store.info.get("dataset"),
                 split=args.split,
             )
             del recon
-            tmp.unlink()
     metrics.update(
         split=args.split,
         protocol={
