@@ -15,6 +15,8 @@ if not config:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/autoencoder.smk"
+include: "workflow/rules/diffusion.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 wildcard_constraints:

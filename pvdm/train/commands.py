@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--init", required=True, type=Path, help="stage-1 checkpoint (model.pt) or an original .pth"
     )
     p.set_defaults(func=run_stage, stage="gan")
+    register_diffusion(sub)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -56,4 +57,74 @@ def run_stage(args: argparse.Namespace) -> None:
         raise ValueError(f"the experiment has no autoencoder.{args.stage} section")
     train_autoencoder(
         exp, args.data, args.out, args.stage, getattr(args, "init", None), args.device, args.max_steps
+    )
+
+
+def register_diffusion(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-diffusion",
+        help="train the latent diffusion U-Net (joint unconditional / clip-conditional)",
+        description="Train the triplane U-Net (diffusion.model) on latents of the frozen autoencoder "
+        "(--autoencoder) with diffusion.train settings: epsilon-MSE on the original's linear schedule "
+        "(T = 1000), joint unconditional / conditional batches (cond_prob), EMA. Writes OUT/model.pt, "
+        "ema.pt, untrained.pt (the initialisation, a baseline), metrics.json, log.jsonl, tensorboard/. "
+        + RESUME_NOTE,
+    )
+    add_experiment_args(p)
+    p.add_argument("--data", required=True, type=Path, help="the data stage's folder (results/<exp>/data)")
+    p.add_argument("--autoencoder", required=True, type=Path, help="autoencoder checkpoint (frozen)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--device", help="cpu, cuda, ... (default: this rank's GPU if any, else cpu)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (the state stays resumable)")
+    p.set_defaults(func=run_diffusion)
+
+    p = sub.add_parser(
+        "sample",
+        help="generate 16-frame clips or long videos into a clip store (+ mp4/gif previews)",
+        description="Sample triplane latents with the U-Net (DDIM with eta, or ancestral DDPM at 1000 steps) "
+        "and decode them. --frames equal to the autoencoder's clip length gives clips; a multiple of it gives "
+        "long videos, each clip conditioned on the previous generated clean latent. Sample i uses the seed "
+        "sampling.seed * 1000003 + i, whatever the batch size. Writes OUT/clips (clip store), "
+        "OUT/preview.{mp4,gif}, OUT/samples.json. A killed run resumes from its finished shards.",
+    )
+    add_experiment_args(p)
+    p.add_argument("--autoencoder", required=True, type=Path)
+    p.add_argument("--diffusion", required=True, type=Path, help="U-Net checkpoint (ema.pt, model.pt, ...)")
+    p.add_argument(
+        "--frames", required=True, type=int, help="frames per video (16 = clips, 128 = long videos)"
+    )
+    p.add_argument("--num-videos", type=int, help="overrides sampling.num_videos")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.set_defaults(func=run_sample)
+
+
+def run_diffusion(args: argparse.Namespace) -> None:
+    from pvdm.train.diffusion import train_diffusion
+
+    _, exp = resolve_experiment(args)
+    if "diffusion" not in exp:
+        raise ValueError("the experiment has no diffusion section")
+    train_diffusion(exp, args.data, args.autoencoder, args.out, args.device, args.max_steps)
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    from pvdm.config import validate
+    from pvdm.sample import generate
+
+    _, exp = resolve_experiment(args)
+    s = validate(dict(exp.get("sampling", {})), "sampling", definition="sampling")
+    generate(
+        args.autoencoder,
+        args.diffusion,
+        args.out,
+        num_videos=args.num_videos or s["num_videos"],
+        frames=args.frames,
+        seed=s["seed"],
+        batch_size=s["batch_size"],
+        steps=s["steps"],
+        eta=s["eta"],
+        amp=s["amp"],
+        device=args.device,
+        ema=s["ema"] if "untrained" not in args.diffusion.name else None,
     )

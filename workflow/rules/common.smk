@@ -41,6 +41,8 @@ def final_targets():
             targets.append(f"results/{exp}/autoencoder/stage1/model.pt")
         if "gan" in ae:
             targets.append(f"results/{exp}/autoencoder/gan/model.pt")
+            if "eval" in cfg:
+                targets += evaluation_targets(exp)
     return targets
 
 
@@ -58,3 +60,49 @@ def download_settings(dataset):
             data = {k: cfg["data"][k] for k in ("dataset", "download")}
             return json.dumps({"data": data}, sort_keys=True)
     raise ValueError(f"no experiment uses dataset {dataset}")
+
+
+def diffusion_checkpoint(exp, kind):
+    """The U-Net a sample job uses: EMA or raw weights per sampling.ema, or the untrained init."""
+    if kind == "untrained":
+        return f"results/{exp}/diffusion/untrained.pt"
+    ema = exp_cfg(exp)["sampling"]["ema"]
+    return f"results/{exp}/diffusion/{'ema' if ema else 'model'}.pt"
+
+
+def sample_count(exp, frames):
+    s = exp_cfg(exp)["sampling"]
+    return s["num_videos"] if frames == clip_length(exp) else s["long_videos"]
+
+
+def clip_length(exp):
+    return exp_cfg(exp)["autoencoder"]["model"].get("frames", 16)
+
+
+def real_store(exp, frames):
+    """Real clips for FVD-<frames>: the configured split for clips, the long store for videos."""
+    cfg = exp_cfg(exp)
+    if frames <= cfg["data"]["clip_frames"]:
+        return f"results/{exp}/data/{cfg['eval']['real_split']}"
+    return f"results/{exp}/data/train_long"
+
+
+def sampler_name(exp):
+    s = exp_cfg(exp)["sampling"]
+    kind = "ddpm" if s["steps"] == 1000 else "ddim"
+    return f"{kind}{s['steps']}_eta{s['eta']:g}"
+
+
+def evaluation_targets(exp):
+    """Metric files of one experiment (FVD16, FVD128, baselines, reconstruction)."""
+    cfg = exp_cfg(exp)
+    out = [f"results/{exp}/metrics/recon.json"]
+    if "sampling" not in cfg or "diffusion" not in cfg:
+        return out
+    s, t = cfg["sampling"], clip_length(exp)
+    kinds = ["model"] + (["untrained"] if s["untrained_baseline"] else [])
+    for kind in kinds:
+        out.append(f"results/{exp}/metrics/fvd{t}_{kind}.json")
+        if s["long_videos"] and cfg["data"]["long_frames"]:
+            out.append(f"results/{exp}/metrics/fvd{s['long_frames']}_{kind}.json")
+    return out

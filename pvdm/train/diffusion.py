@@ -1,0 +1,247 @@
+"""Latent diffusion training on frozen triplane latents: joint unconditional / conditional.
+
+Each iteration draws one u ~ U(0, 1) for the batch (as the original): if u < cond_prob, the
+condition is the latent of the first half of each 2T-frame clip and the target the second half;
+otherwise a random T-frame window is the target and the condition is all zeros (the "dropped"
+condition the sampler uses for the first clip of a video). Randomness of step k comes from a
+generator seeded by (seed, k), data from ``ClipBatches.get(k)``: a resumed run reproduces an
+uninterrupted one exactly. Evaluation (sampling, FVD) is a separate stage, never run in here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from pvdm.checkpoints import load_autoencoder, save_diffusion
+from pvdm.data.loader import ClipBatches, to_model_range
+from pvdm.data.store import ClipStore
+from pvdm.diffusion.schedule import NoiseSchedule, training_loss
+from pvdm.models.autoencoder import TriplaneAutoencoder
+from pvdm.models.unet import TriplaneUNet, UNetConfig
+from pvdm.train import distributed
+from pvdm.train.autoencoder import autocast, step_generator
+from pvdm.train.ema import EMA
+from pvdm.train.logger import TrainLogger
+from pvdm.train.state import load_state, save_state, set_rng_state
+from pvdm.utils.io import atomic_save_npy, atomic_write_json, read_json, sha256_file
+from pvdm.utils.progress import Progress
+
+log = logging.getLogger("pvdm.train")
+
+
+def unet_config(model: dict[str, Any], ae: TriplaneAutoencoder) -> UNetConfig:
+    """The U-Net config with the plane sizes and channels of the autoencoder (never hard-coded)."""
+    cfg = ae.cfg
+    return UNetConfig.from_dict(
+        {**model, "in_channels": cfg.embed_dim, "latent_side": cfg.latent_side, "latent_frames": cfg.frames}
+    )
+
+
+class LatentCache:
+    """Latents of fixed windows of every stored clip, encoded once (``cache_latents: true``).
+
+    Windows start at multiples of ``stride`` (stride = T gives exactly the two halves). Stored as
+    one float32 array ``[N, W, C, L]`` in ``latents.npy`` with the autoencoder's sha256, so a
+    different autoencoder never reuses it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        ae: TriplaneAutoencoder,
+        ae_sha: str,
+        store: ClipStore,
+        stride: int,
+        device: torch.device,
+        batch_size: int = 16,
+    ):
+        t = ae.cfg.frames
+        self.offsets = list(range(0, store.frames - t + 1, stride))
+        meta = {
+            "autoencoder_sha256": ae_sha,
+            "store": str(store.path),
+            "clips": len(store),
+            "offsets": self.offsets,
+        }
+        meta_path = path.with_suffix(".json")
+        if path.exists() and meta_path.exists() and read_json(meta_path) == meta:
+            self.latents = np.load(path, mmap_mode="r")
+            return
+        log.info(
+            "encoding %d clips x %d windows into the latent cache %s", len(store), len(self.offsets), path
+        )
+        out = np.empty((len(store), len(self.offsets), ae.cfg.embed_dim, ae.cfg.latent_length), np.float32)
+        with Progress(len(store), "latent cache") as bar:
+            for start in range(0, len(store), batch_size):
+                clips = torch.from_numpy(np.array(store.clips[start : start + batch_size]))
+                x = to_model_range(clips.to(device))  # b c T h w
+                for j, o in enumerate(self.offsets):
+                    with torch.no_grad():
+                        out[start : start + len(clips), j] = (
+                            ae.encode(x[:, :, o : o + t]).float().cpu().numpy()
+                        )
+                bar.update(len(clips))
+        atomic_save_npy(path, out)
+        atomic_write_json(meta_path, meta)
+        self.latents = out
+
+
+def train_diffusion(
+    exp: dict[str, Any],
+    data_dir: str | Path,
+    autoencoder: str | Path,
+    out_dir: str | Path,
+    device: str | None = None,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train the latent U-Net; writes state.pt (resumable), model.pt, ema.pt, metrics.json, log.jsonl."""
+    dcfg = exp["diffusion"]
+    tcfg = dcfg["train"]
+    seed = exp.get("seed", 0)
+    out_dir = Path(out_dir)
+    d = distributed.setup(device)
+    torch.manual_seed(seed)
+
+    ae = load_autoencoder(autoencoder, map_location="cpu").to(d.device).eval().requires_grad_(False)
+    ae_sha = sha256_file(autoencoder)
+    t = ae.cfg.frames
+    store = ClipStore(Path(data_dir) / "train")
+    if store.resolution != ae.cfg.resolution:
+        raise ValueError(
+            f"{store.path}: {store.resolution}px clips, the autoencoder expects {ae.cfg.resolution}px"
+        )
+    if store.frames < 2 * t and tcfg["cond_prob"] > 0:
+        raise ValueError(
+            f"{store.path}: conditional training needs clips of {2 * t} frames (condition + target), "
+            f"the store has {store.frames}; set data.clip_frames >= {2 * t} or cond_prob: 0"
+        )
+    cfg = unet_config(dcfg["model"], ae)
+    if tcfg["cond_prob"] > 0 and not cfg.cond:
+        raise ValueError(
+            "diffusion.train.cond_prob > 0 needs a conditional U-Net (diffusion.model.cond: true)"
+        )
+    model = TriplaneUNet(cfg).to(d.device)
+    ema = EMA(model, tcfg["ema_decay"], tcfg["ema_every"])
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    schedule = NoiseSchedule()
+    run_cfg = {"seed": seed, "diffusion": dcfg, "data": str(data_dir), "autoencoder_sha256": ae_sha}
+    state_path = out_dir / "state.pt"
+    state = load_state(state_path, run_cfg)
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+    ddp_model = (
+        DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.enabled else model
+    )
+
+    cache = None
+    if tcfg["cache_latents"]:
+        if d.is_main:
+            LatentCache(out_dir / "latents.npy", ae, ae_sha, store, tcfg["cache_stride"], d.device)
+        distributed.barrier(d)
+        cache = LatentCache(out_dir / "latents.npy", ae, ae_sha, store, tcfg["cache_stride"], d.device)
+    batches = ClipBatches(store, tcfg["batch_size"], store.frames, seed, d.rank, d.world_size)
+    logger = TrainLogger(out_dir, enabled=d.is_main)
+    logger.truncate_after(start)
+    steps = tcfg["steps"] if max_steps is None else min(tcfg["steps"], max_steps)
+
+    def latents(step: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(target, condition or None = dropped) latents ``# b c l`` for this rank's share of the batch."""
+        conditional = torch.rand((), generator=gen).item() < tcfg["cond_prob"]
+        if cache is not None:
+            idx, _ = batches.indices(step)
+            offsets = cache.offsets
+            if conditional:
+                first, second = offsets.index(0), offsets.index(t)
+                z = torch.from_numpy(np.stack([cache.latents[i, second] for i in idx])).to(d.device)
+                c = torch.from_numpy(np.stack([cache.latents[i, first] for i in idx])).to(d.device)
+                return z, c
+            w = torch.randint(0, len(offsets), (len(idx),), generator=gen)
+            z = torch.from_numpy(
+                np.stack([cache.latents[i, j] for i, j in zip(idx, w.tolist(), strict=True)])
+            )
+            return z.to(d.device), None
+        x = to_model_range(batches.get(step).to(d.device, non_blocking=True))  # b c T h w
+        with torch.no_grad(), autocast(d.device, tcfg["amp"]):
+            if conditional:
+                return ae.encode(x[:, :, t : 2 * t]).float(), ae.encode(x[:, :, :t]).float()
+            s = int(torch.randint(0, x.shape[2] - t + 1, (), generator=gen))
+            return ae.encode(x[:, :, s : s + t]).float(), None
+
+    def save(step: int) -> None:
+        if d.is_main:
+            save_state(state_path, step, run_cfg, model=model, opt=opt, ema=ema)
+        distributed.barrier(d)
+
+    model.train()
+    done = start
+    with Progress(steps, "diffusion", initial=start) as bar:
+        for step in range(start, steps):
+            gen = step_generator(seed, step, 1)
+            z, c = latents(step, gen)
+            conditional = c is not None
+            if c is None and cfg.cond:
+                c = torch.zeros_like(z)  # the dropped condition
+            noise_gen = torch.Generator().manual_seed(seed * 1_000_003 + step * 7 + 2 + 1000 * d.rank)
+            tt = torch.randint(0, schedule.num_timesteps, (len(z),), generator=noise_gen).to(d.device)
+            noise = torch.randn(z.shape, generator=noise_gen).to(d.device)
+            with autocast(d.device, tcfg["amp"]):
+                loss = training_loss(
+                    ddp_model, z, t=tt, noise=noise, cond=c, loss_type=tcfg["loss"], schedule=schedule
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tcfg["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
+            opt.step()
+            done = step + 1
+            ema.update(model, done)
+            value = loss.item()
+            if not np.isfinite(value):
+                raise FloatingPointError(
+                    f"diffusion loss is {value} at step {done}; the last good state is {state_path}"
+                )
+            bar.update(1, loss=value)
+            if done % tcfg["log_every"] == 0 or done == steps:
+                logger.log(
+                    done, {"loss": distributed.mean_across_ranks(value, d), "conditional": int(conditional)}
+                )
+            if done % tcfg["save_every"] == 0 or done == steps:
+                save(done)
+    logger.close()
+    if max_steps is not None and done < tcfg["steps"]:
+        return {"step": done, "stopped": "max_steps"}
+    metrics: dict[str, Any] = {}
+    if d.is_main:
+        save_diffusion(model, out_dir / "model.pt")
+        save_diffusion(ema.model, out_dir / "ema.pt")
+        torch.manual_seed(seed)  # the initialisation this run started from: the baseline to beat
+        save_diffusion(TriplaneUNet(cfg), out_dir / "untrained.pt")
+        rows = read_jsonl(out_dir / "log.jsonl")
+        metrics = {
+            "steps": done,
+            "final_loss": rows[-1]["loss"] if rows else None,
+            "first_loss": rows[0]["loss"] if rows else None,
+            "ema_updates": ema.num_updates,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "unet": cfg.to_dict(),
+            "autoencoder_sha256": ae_sha,
+        }
+        atomic_write_json(out_dir / "metrics.json", metrics)
+    distributed.teardown(d)
+    return metrics
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
