@@ -5,6 +5,9 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
+report: "workflow/report/workflow.rst"
+
+
 # `--configfile F` replaces the embedded default instead of merging into it, so a paper config
 # never inherits the Moving-MNIST experiment.
 if not config:
@@ -17,6 +20,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/autoencoder.smk"
 include: "workflow/rules/diffusion.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/paper.smk"
 
 
 wildcard_constraints:

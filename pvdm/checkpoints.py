@@ -302,3 +302,46 @@ def infer_diffusion_config(state: Mapping[str, torch.Tensor],
             f"{len(state)} tensors); pass cfg=UNetConfig(...) describing it"
         )
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Import of the released PVDM checkpoints
+
+
+def import_pvdm(
+    autoencoder: str | os.PathLike, diffusion: str | os.PathLike, out_dir: str | os.PathLike,
+    autoencoder_config: dict[str, Any] | None = None, diffusion_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Turn the original PVDM files (bare state dicts) into this project's checkpoints.
+
+    Writes ``out_dir/autoencoder.pt``, ``out_dir/diffusion.pt`` and ``out_dir/import.json`` (source
+    paths and sha256). The released files are the paper configs, recognised from their shapes;
+    other original-format files need their configs (the U-Net's plane sizes come from the
+    autoencoder).
+    """
+    from pvdm.utils.io import atomic_write_json, sha256_file
+
+    out = Path(out_dir)
+    ae_cfg = AutoencoderConfig.from_dict(autoencoder_config) if autoencoder_config else None
+    ae = load_autoencoder(autoencoder, cfg=ae_cfg)
+    unet_cfg = None
+    if diffusion_config:
+        unet_cfg = UNetConfig.from_dict({**diffusion_config, "in_channels": ae.cfg.embed_dim,
+                                         "latent_side": ae.cfg.latent_side, "latent_frames": ae.cfg.frames})
+    unet = load_diffusion(diffusion, cfg=unet_cfg)
+    planes = (unet.cfg.in_channels, unet.cfg.latent_side, unet.cfg.latent_frames)
+    if planes != (ae.cfg.embed_dim, ae.cfg.latent_side, ae.cfg.frames):
+        raise CheckpointError(
+            f"{diffusion}: U-Net expects latents (channels, side, frames) = {planes}, the autoencoder {autoencoder} "
+            f"makes {(ae.cfg.embed_dim, ae.cfg.latent_side, ae.cfg.frames)}"
+        )
+    record = {
+        "autoencoder": {"source": str(autoencoder), "sha256": sha256_file(autoencoder), "config": ae.cfg.to_dict()},
+        "diffusion": {"source": str(diffusion), "sha256": sha256_file(diffusion), "config": unet.cfg.to_dict()},
+    }
+    save_autoencoder(ae, out / "autoencoder.pt", extra={"imported_from": record["autoencoder"]["source"],
+                                                        "source_sha256": record["autoencoder"]["sha256"]})
+    save_diffusion(unet, out / "diffusion.pt", extra={"imported_from": record["diffusion"]["source"],
+                                                      "source_sha256": record["diffusion"]["sha256"]})
+    atomic_write_json(out / "import.json", record)
+    return record

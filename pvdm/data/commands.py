@@ -12,7 +12,10 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
     """The config options every stage command takes."""
     g = p.add_argument_group("configuration")
     g.add_argument(
-        "--config", nargs="+", metavar="YAML", help="config file(s); later files override earlier ones"
+        "--config",
+        action="append",
+        metavar="YAML",
+        help="config file; repeat to layer files (later ones override earlier ones)",
     )
     g.add_argument("--exp", help="experiment id inside the config (optional when it holds one experiment)")
     g.add_argument(

@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ) + "\n\n" + ROWS_HELP,
         formatter_class=_Formatter,
     )
-    p.add_argument("--rows", required=True, type=Path, help="JSON list of row objects (see above)")
+    rows = p.add_mutually_exclusive_group(required=True)
+    rows.add_argument("--rows", type=Path, help="JSON file: a list of row objects (see above)")
+    rows.add_argument("--rows-json", help="the same list inline (how the Snakemake rule calls)")
     p.add_argument("--reported", type=Path, default=Path("config/paper/pvdm_reported.csv"),
                    help="CSV of the paper's reported numbers")
     p.add_argument("--out", required=True, type=Path, help="output folder (e.g. results/paper)")
@@ -75,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="One image with a row per video and every k-th frame across, from a .npy file holding "
         "uint8 videos [N, T, H, W, 3] (or 1 channel), e.g. the sample stage's videos.",
     )
-    f.add_argument("--videos", required=True, type=Path, help=".npy uint8 [N, T, H, W, C]")
+    f.add_argument("--videos", required=True, type=Path, help="a clip store folder or .npy uint8 [N, T, H, W, C]")
     f.add_argument("--out", required=True, type=Path, help="PNG file to write")
     f.add_argument("--num-videos", type=int, default=4, help="rows: the first K videos")
     f.add_argument("--every", type=int, default=2, help="take every k-th frame")
@@ -101,13 +103,23 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def run_table(args: argparse.Namespace) -> None:
-    from pvdm.report.table import make_table
+    import json
 
-    if not args.rows.is_file():
-        raise FileNotFoundError(f"{args.rows}: no such rows file")
+    from pvdm.report.table import build_table, load_rows, parse_rows, write_table
+
     if not args.reported.is_file():
         raise FileNotFoundError(f"{args.reported}: no such reported-numbers CSV")
-    table = make_table(args.rows, args.reported, args.out, args.base_dir, args.name)
+    if args.rows is not None:
+        if not args.rows.is_file():
+            raise FileNotFoundError(f"{args.rows}: no such rows file")
+        rows = load_rows(args.rows)
+    else:
+        try:
+            rows = parse_rows(json.loads(args.rows_json), "--rows-json")
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--rows-json is not valid JSON: {e}") from None
+    table = build_table(rows, args.reported, args.base_dir)
+    write_table(table, args.out, args.name)
     missing = table.numbers[table.numbers["status"] != "ok"]
     for _, r in missing.iterrows():
         log.warning("row %s: %s", r["id"], r["status"])
@@ -138,9 +150,14 @@ def run_curves(args: argparse.Namespace) -> None:
 def run_strip(args: argparse.Namespace) -> None:
     from pvdm.report.figures import plot_sample_strip
 
-    if not args.videos.is_file():
-        raise FileNotFoundError(f"{args.videos}: no such file")
-    videos = np.load(args.videos, mmap_mode="r", allow_pickle=False)
+    if args.videos.is_dir():
+        from pvdm.data.store import ClipStore
+
+        videos = ClipStore(args.videos).clips
+    elif not args.videos.is_file():
+        raise FileNotFoundError(f"{args.videos}: no such file or clip store")
+    else:
+        videos = np.load(args.videos, mmap_mode="r", allow_pickle=False)
     if videos.ndim != 5:
         raise ValueError(f"{args.videos}: expected uint8 videos [N, T, H, W, C], got shape {videos.shape}")
     head = np.asarray(videos[: args.num_videos])  # read only the rows we draw

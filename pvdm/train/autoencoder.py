@@ -162,7 +162,15 @@ def train_autoencoder(
         distributed.barrier(d)
 
     def evaluate(step: int) -> None:
-        metrics = recon_metrics(model, test_store, tcfg["eval_videos"], frames, device=d.device)
+        # LPIPS costs a VGG pass per frame: only when it is the monitored metric.
+        metrics = recon_metrics(
+            model,
+            test_store,
+            tcfg["eval_videos"],
+            frames,
+            device=d.device,
+            with_lpips=stopper.monitor == "lpips",
+        )
         improved = stopper.update(step, metrics)
         log.info(
             "eval step %d: %s%s",

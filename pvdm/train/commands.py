@@ -98,6 +98,23 @@ def register_diffusion(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(func=run_sample)
 
+    p = sub.add_parser(
+        "import-pvdm",
+        help="convert the released PVDM checkpoints (original .pth) into this project's format",
+        description="Load the original PVDM autoencoder and diffusion files (bare state dicts, with or without "
+        "a 'module.' prefix; read with weights_only=True) and write OUT/autoencoder.pt, OUT/diffusion.pt and "
+        "OUT/import.json (sources and sha256). The released files are the paper configs and are recognised "
+        "from their shapes; other original-format files need --autoencoder-config / --diffusion-config.",
+    )
+    p.add_argument("--autoencoder", required=True, type=Path, help="original autoencoder .pth")
+    p.add_argument("--diffusion", required=True, type=Path, help="original diffusion .pth (EMA or raw)")
+    p.add_argument("--autoencoder-config", help="JSON AutoencoderConfig for non-paper checkpoints")
+    p.add_argument(
+        "--diffusion-config", help="JSON UNetConfig (without plane sizes) for non-paper checkpoints"
+    )
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=run_import)
+
 
 def run_diffusion(args: argparse.Namespace) -> None:
     from pvdm.train.diffusion import train_diffusion
@@ -128,3 +145,12 @@ def run_sample(args: argparse.Namespace) -> None:
         device=args.device,
         ema=s["ema"] if "untrained" not in args.diffusion.name else None,
     )
+
+
+def run_import(args: argparse.Namespace) -> None:
+    import json
+
+    from pvdm.checkpoints import import_pvdm
+
+    configs = [json.loads(c) if c else None for c in (args.autoencoder_config, args.diffusion_config)]
+    import_pvdm(args.autoencoder, args.diffusion, args.out, *configs)

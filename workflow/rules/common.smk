@@ -1,4 +1,5 @@
 import json
+import shlex
 
 from pvdm.config import validate as pvdm_validate
 
@@ -31,7 +32,8 @@ def settings(exp, *sections):
 
 
 def final_targets():
-    """What the default target builds for each experiment: as far as its config goes."""
+    """The default target: the paper table and figures when the experiments go that far, else
+    as far as each experiment's config goes (data, autoencoder, ...)."""
     targets = []
     for exp in EXPERIMENTS:
         cfg = exp_cfg(exp)
@@ -39,11 +41,91 @@ def final_targets():
         ae = cfg.get("autoencoder", {})
         if "stage1" in ae:
             targets.append(f"results/{exp}/autoencoder/stage1/model.pt")
-        if "gan" in ae:
-            targets.append(f"results/{exp}/autoencoder/gan/model.pt")
-            if "eval" in cfg:
-                targets += evaluation_targets(exp)
+        if "gan" in ae or "released" in cfg:
+            targets.append(autoencoder_checkpoint(exp))
+        if has_figures(exp):
+            t = clip_length(exp)
+            targets += [
+                f"results/paper/figures/{exp}_{kind}_{t}.png"
+                for kind in ("autoencoder", "diffusion", "samples")
+            ]
+    if any("eval" in exp_cfg(exp) for exp in EXPERIMENTS):
+        targets.append("results/paper/table1.md")
     return targets
+
+
+def has_figures(exp):
+    cfg = exp_cfg(exp)
+    return "released" not in cfg and {"gan", "sampling"} <= set(
+        cfg.get("autoencoder", {})
+    ) | set(cfg)
+
+
+def autoencoder_checkpoint(exp):
+    if "released" in exp_cfg(exp):
+        return f"results/{exp}/released/autoencoder.pt"
+    return f"results/{exp}/autoencoder/gan/model.pt"
+
+
+def table_inputs():
+    return [
+        path
+        for exp in EXPERIMENTS
+        if "eval" in exp_cfg(exp)
+        for path in evaluation_targets(exp)
+    ]
+
+
+def table_rows_json():
+    """Rows of the paper table: per experiment ours (or released), the untrained baseline and
+    the real-vs-real floor, each pointing at its metric files."""
+    rows = []
+    for exp in EXPERIMENTS:
+        cfg = exp_cfg(exp)
+        if "eval" not in cfg:
+            continue
+        metrics = f"results/{exp}/metrics"
+        dataset, t = cfg["data"]["dataset"], clip_length(exp)
+        s = cfg.get("sampling")
+        fvd = {}
+        if s is not None:
+            fvd = {"fvd16": f"{metrics}/fvd{t}_model.json"}
+            if s["long_videos"] and cfg["data"]["long_frames"]:
+                fvd["fvd128"] = f"{metrics}/fvd{s['long_frames']}_model.json"
+        kind = "released" if "released" in cfg else "ours"
+        row = {
+            "id": exp,
+            "label": cfg.get("label", exp),
+            "dataset": dataset,
+            "kind": kind,
+        }
+        if cfg["paper_variant"]:
+            row["paper_variant"] = cfg["paper_variant"]
+        rows.append({**row, **fvd, "recon": f"{metrics}/recon.json"})
+        if s is not None and s["untrained_baseline"] and kind == "ours":
+            untrained = {
+                k: v.replace("_model.json", "_untrained.json") for k, v in fvd.items()
+            }
+            rows.append(
+                {
+                    "id": f"{exp}_untrained",
+                    "label": f"{cfg.get('label', exp)}: untrained U-Net",
+                    "dataset": dataset,
+                    "kind": "untrained",
+                    **untrained,
+                }
+            )
+        if fvd:
+            rows.append(
+                {
+                    "id": f"{exp}_floor",
+                    "label": f"real vs real ({dataset})",
+                    "dataset": dataset,
+                    "kind": "real_floor",
+                    **fvd,
+                }
+            )
+    return json.dumps(rows)
 
 
 def raw_data_input(exp):
@@ -64,6 +146,8 @@ def download_settings(dataset):
 
 def diffusion_checkpoint(exp, kind):
     """The U-Net a sample job uses: EMA or raw weights per sampling.ema, or the untrained init."""
+    if "released" in exp_cfg(exp):
+        return f"results/{exp}/released/diffusion.pt"
     if kind == "untrained":
         return f"results/{exp}/diffusion/untrained.pt"
     ema = exp_cfg(exp)["sampling"]["ema"]
@@ -76,7 +160,8 @@ def sample_count(exp, frames):
 
 
 def clip_length(exp):
-    return exp_cfg(exp)["autoencoder"]["model"].get("frames", 16)
+    # The released PVDM autoencoders are hard-wired to 16 frames.
+    return exp_cfg(exp).get("autoencoder", {}).get("model", {}).get("frames", 16)
 
 
 def real_store(exp, frames):
@@ -97,12 +182,25 @@ def evaluation_targets(exp):
     """Metric files of one experiment (FVD16, FVD128, baselines, reconstruction)."""
     cfg = exp_cfg(exp)
     out = [f"results/{exp}/metrics/recon.json"]
-    if "sampling" not in cfg or "diffusion" not in cfg:
+    if "sampling" not in cfg or not ("diffusion" in cfg or "released" in cfg):
         return out
     s, t = cfg["sampling"], clip_length(exp)
-    kinds = ["model"] + (["untrained"] if s["untrained_baseline"] else [])
+    baseline = s["untrained_baseline"] and "released" not in cfg
+    kinds = ["model"] + (["untrained"] if baseline else [])
     for kind in kinds:
         out.append(f"results/{exp}/metrics/fvd{t}_{kind}.json")
         if s["long_videos"] and cfg["data"]["long_frames"]:
             out.append(f"results/{exp}/metrics/fvd{s['long_frames']}_{kind}.json")
     return out
+
+
+def released_config_args(exp):
+    """--autoencoder-config / --diffusion-config for original-format files that are not the paper's."""
+    rel = exp_cfg(exp)["released"]
+    args = []
+    for key in ("autoencoder_config", "diffusion_config"):
+        if rel[key]:
+            args.append(
+                f"--{key.replace('_', '-')} {shlex.quote(json.dumps(rel[key]))}"
+            )
+    return " ".join(args)

@@ -27,7 +27,7 @@ rule train_diffusion:
 
 rule sample:
     input:
-        autoencoder="results/{exp}/autoencoder/gan/model.pt",
+        autoencoder=lambda w: autoencoder_checkpoint(w.exp),
         diffusion=lambda w: diffusion_checkpoint(w.exp, w.kind),
     output:
         card="results/{exp}/samples/{kind}{frames}/samples.json",
@@ -52,3 +52,21 @@ rule sample:
         "pvdm sample --settings {params.settings:q} --autoencoder {input.autoencoder} "
         "--diffusion {input.diffusion} --frames {wildcards.frames} --num-videos {params.num} "
         "--out {params.out} > {log} 2>&1"
+
+
+rule import_released:
+    input:
+        autoencoder=lambda w: exp_cfg(w.exp)["released"]["autoencoder"],
+        diffusion=lambda w: exp_cfg(w.exp)["released"]["diffusion"],
+    output:
+        autoencoder="results/{exp}/released/autoencoder.pt",
+        diffusion="results/{exp}/released/diffusion.pt",
+    log:
+        "results/{exp}/logs/import_released.log",
+    conda:
+        "../envs/pvdm.yaml"
+    params:
+        out=lambda w: f"results/{w.exp}/released",
+    shell:
+        "pvdm import-pvdm --autoencoder {input.autoencoder} --diffusion {input.diffusion} "
+        "{params.configs} --out {params.out} > {log} 2>&1"

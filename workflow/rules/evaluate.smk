@@ -1,6 +1,6 @@
 rule eval_recon:
     input:
-        autoencoder="results/{exp}/autoencoder/gan/model.pt",
+        autoencoder=lambda w: autoencoder_checkpoint(w.exp),
         manifest="results/{exp}/data/manifest.json",
     output:
         "results/{exp}/metrics/recon.json",
