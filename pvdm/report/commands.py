@@ -173,3 +173,102 @@ def run_fvd_plot(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{path}: no such metric file")
     plot_fvd_checkpoints(args.metrics, args.out, args.title, args.logy)
     log.info("wrote %s", args.out)
+
+
+PUBLISH_WHAT = """\
+What (default: everything the config's experiments have; raw data and loss curves only where present):
+  --raw          results/raw/<dataset>/ of the experiments' datasets
+  --checkpoints  results/<exp>/autoencoder/gan/model.pt, results/<exp>/diffusion/ema.pt (model.pt when
+                 sampling.ema is false; + untrained.pt for the untrained baseline), or results/<exp>/released/*.pt
+  --metrics      results/<exp>/metrics/*.json
+  --table        results/paper/table1.{md,csv,tex,json} (`dvc commit paper`: they are outputs of dvc.yaml)
+  --plots        loss curves as CSV in results/paper/plots/ (from the training logs), for `dvc plots show`
+Examples:
+  pvdm publish --metrics-only --push --remote storage /shared/pvdm-dvc
+  pvdm publish --config config/ucf101.yaml --git-add --push"""
+
+
+def register_publish(sub: argparse._SubParsersAction) -> None:
+    """`pvdm publish` (dvc add + git add + dvc push of published artifacts) and `pvdm pull-metrics`."""
+    p = sub.add_parser(
+        "publish",
+        help="version published artifacts with DVC: dvc add, git add of the pointers, dvc push",
+        description=textwrap.fill(
+            "Version the artifacts a reader needs with DVC (Snakemake owns the DAG, DVC stores the bytes): "
+            "`dvc add` them (modification times are kept, so Snakemake reruns nothing), print or run the "
+            "`git add` of the .dvc pointers, and `dvc push` them. Run from the repository root after a "
+            "pipeline run, with the same config.", 100) + "\n\n" + PUBLISH_WHAT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(p)
+    what = p.add_argument_group("what to publish (any of these picks only the named ones)")
+    what.add_argument("--metrics-only", action="store_true", help="only the metric JSONs (same as --metrics alone)")
+    for name, what_help in (("raw", "raw datasets"), ("checkpoints", "the checkpoints sampling reads"),
+                            ("metrics", "metric JSONs"), ("table", "the paper table"),
+                            ("plots", "loss curves as CSV, for dvc plots")):
+        what.add_argument(f"--{name}", action="store_true", help=f"{what_help} (see above)")
+    p.add_argument("--remote", nargs=2, metavar=("NAME", "URL"),
+                   help="add (or replace) the default DVC remote first: `dvc remote add -d NAME URL` "
+                   "(written to .dvc/config; URL a folder or s3://, gs://, ssh://...)")
+    p.add_argument("--push", action="store_true", help="`dvc push` the published files to the default remote")
+    p.add_argument("--git-add", action="store_true", help="run `git add` on the pointers (else print the command)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
+    p.set_defaults(func=run_publish)
+
+    p = sub.add_parser(
+        "pull-metrics",
+        help="dvc pull only the metric JSONs, to rebuild the paper table without retraining",
+        description=textwrap.fill(
+            "`dvc pull` the metric JSONs (results/<exp>/metrics/*.json.dvc) of the config's experiments and "
+            "nothing else. Then `snakemake --cores 1 results/paper/table1.md` runs one job (paper_table): "
+            "upstream jobs are not run because their outputs exist and nothing upstream is newer.", 100),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(p)
+    p.add_argument("--remote", metavar="NAME", help="DVC remote to pull from (default: the default remote)")
+    p.set_defaults(func=run_pull_metrics)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", action="append", metavar="YAML",
+                   help="config file(s), as given to snakemake --configfile (default: config/config.yaml)")
+    p.add_argument("--exp", action="append", metavar="ID",
+                   help="only this experiment (repeatable; default: the config's targets, else all)")
+    p.add_argument("--repo", type=Path, default=Path("."), help="repository root (where dvc.yaml is; default: .)")
+
+
+def _config_and_experiments(args: argparse.Namespace) -> tuple[dict, list[str]]:
+    from pvdm.config import load_config
+    from pvdm.report.publish import selected_experiments
+
+    paths = args.config or [args.repo / "config" / "config.yaml"]
+    cfg = load_config(paths)
+    return cfg, selected_experiments(cfg, args.exp)
+
+
+def run_publish(args: argparse.Namespace) -> None:
+    from pvdm.report.publish import CATEGORIES, DvcError, publish
+
+    picked = [name for name in CATEGORIES if getattr(args, name)]
+    if args.metrics_only and [name for name in picked if name != "metrics"]:
+        raise ValueError("--metrics-only cannot be combined with --raw, --checkpoints, --table or --plots")
+    if args.metrics_only:
+        picked = ["metrics"]
+    cfg, exps = _config_and_experiments(args)
+    try:
+        publish(args.repo, cfg, exps, picked or CATEGORIES, explicit=bool(picked),
+                remote=tuple(args.remote) if args.remote else None, push=args.push, git_add=args.git_add,
+                dry_run=args.dry_run)
+    except DvcError as e:
+        raise SystemExit(f"pvdm publish: error: {e}") from None
+
+
+def run_pull_metrics(args: argparse.Namespace) -> None:
+    from pvdm.report.publish import DvcError, pull_metrics
+
+    cfg, exps = _config_and_experiments(args)
+    try:
+        files = pull_metrics(args.repo, cfg, exps, args.remote)
+    except DvcError as e:
+        raise SystemExit(f"pvdm pull-metrics: error: {e}") from None
+    log.info("pulled %d metric files; now: snakemake --cores 1 results/paper/table1.md", len(files))

@@ -90,6 +90,7 @@ def train_autoencoder(
     loss_fn = AutoencoderLoss(
         l1_weight=tcfg["l1_weight"],
         lpips_weight=tcfg["lpips_weight"],
+        mse_weight=tcfg["mse_weight"],
         gan_weight=tcfg.get("gan_weight", 1.0),
         fm_weight=tcfg.get("fm_weight", 4.0),
         adaptive_gan_weight=tcfg.get("adaptive_gan_weight", False),

@@ -10,6 +10,8 @@ pvdm_validate(config, " + ".join(map(str, workflow.configfiles)) or "config")
 validate(config, "../schemas/config.schema.yaml")
 
 EXPERIMENTS = config.get("targets") or list(config["experiments"])
+# The paper's reported numbers ship with the workflow (absolute: works with --directory too).
+REPORTED_NUMBERS = f"{workflow.basedir}/config/paper/pvdm_reported.csv"
 
 
 def exp_cfg(exp):

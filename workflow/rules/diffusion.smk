@@ -67,6 +67,7 @@ rule import_released:
         "../envs/pvdm.yaml"
     params:
         out=lambda w: f"results/{w.exp}/released",
+        configs=lambda w: released_config_args(w.exp),
     shell:
         "pvdm import-pvdm --autoencoder {input.autoencoder} --diffusion {input.diffusion} "
         "{params.configs} --out {params.out} > {log} 2>&1"

@@ -1,7 +1,7 @@
 rule paper_table:
     input:
         metrics=lambda w: table_inputs(),
-        reported="config/paper/pvdm_reported.csv",
+        reported=REPORTED_NUMBERS,
     output:
         md=report(
             "results/paper/table1.md",
