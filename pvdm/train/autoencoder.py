@@ -141,7 +141,7 @@ def train_autoencoder(
     logger = TrainLogger(out_dir, enabled=d.is_main)
     logger.truncate_after(start)
     steps = tcfg["steps"] if max_steps is None else min(tcfg["steps"], max_steps)
-    last_layer = model.to_pixel[0].weight if tcfg.get("adaptive_gan_weight") else None
+    last_layer = model.to_pixel[1].weight if tcfg.get("adaptive_gan_weight") else None
 
     def save(step: int) -> None:
         if d.is_main:
