@@ -9,6 +9,8 @@ Each case runs in a fresh subprocess, so ru_maxrss is that case's own peak resid
 Reference (design/original-pvdm.md section 7, 2 threads): the original's paper-scale fp32
 forward + backward did not fit in 23 GB (OOM-killed at 24.3 GB); its forward alone took 21-32 s.
 Timings on a shared machine vary; the load average printed with each case shows contention.
+Peak RSS includes freed memory that glibc keeps for reuse; MALLOC_MMAP_THRESHOLD_=1048576 in the
+environment (inherited by the subprocesses) returns large blocks to the OS and lowers it.
 """
 
 from __future__ import annotations
