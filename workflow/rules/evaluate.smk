@@ -44,6 +44,7 @@ rule eval_fvd:
         real=lambda w: real_store(w.exp, int(w.frames)),
         fake=lambda w: f"results/{w.exp}/samples/{w.kind}{w.frames}/clips",
         ev=lambda w: exp_cfg(w.exp)["eval"],
+        num=lambda w: fvd_count(w.exp, int(w.frames)),
         dataset=lambda w: exp_cfg(w.exp)["data"]["dataset"],
         ema=lambda w: (
             "yes" if w.kind == "model" and exp_cfg(w.exp)["sampling"]["ema"] else "no"
@@ -52,7 +53,7 @@ rule eval_fvd:
         cache=lambda w: f"results/{w.exp}/metrics/feature_cache",
     shell:
         "pvdm fvd --real {params.real} --fake {params.fake} --frames {wildcards.frames} "
-        "--num-videos {params.ev[fvd_videos]} --selector {params.ev[real_selector]} "
+        "--num-videos {params.num} --selector {params.ev[real_selector]} "
         "--seed {params.ev[seed]} --covariance {params.ev[covariance]} --resize {params.ev[resize]} "
         "--bootstrap {params.ev[bootstrap]} --dataset {params.dataset} "
         "--split {params.ev[real_split]} --sampler {params.sampler} --ema {params.ema} "
