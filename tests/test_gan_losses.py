@@ -192,12 +192,24 @@ def make_clips(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_generator_loss_without_gan(loss_fn):
     x, x_hat = make_clips(0)
     out = loss_fn.generator_loss(x, x_hat, gan_active=False, generator=torch.Generator().manual_seed(1))
-    assert set(out) == {"total", "l1", "lpips", "gan", "fm", "gan_weight"}
+    assert set(out) == {"total", "l1", "mse", "lpips", "gan", "fm", "gan_weight"}
     x2d, x_hat2d, _ = select_frames(x, x_hat, torch.Generator().manual_seed(1))
     torch.testing.assert_close(out["l1"], F.l1_loss(x, x_hat))
     torch.testing.assert_close(out["lpips"], loss_fn.lpips(x2d, x_hat2d).mean())
     assert out["gan"] == 0 and out["fm"] == 0 and out["gan_weight"] == 0
     torch.testing.assert_close(out["total"], 4 * out["l1"] + 4 * out["lpips"])
+    assert out["mse"] == 0  # off by default, as the original
+
+
+def test_generator_loss_mse_term(loss_fn):
+    x, x_hat = make_clips(0)
+    loss_fn.mse_weight = 2.0
+    try:
+        out = loss_fn.generator_loss(x, x_hat, generator=torch.Generator().manual_seed(1))
+    finally:
+        loss_fn.mse_weight = 0.0
+    torch.testing.assert_close(out["mse"], F.mse_loss(x, x_hat))
+    torch.testing.assert_close(out["total"], 4 * out["l1"] + 2 * out["mse"] + 4 * out["lpips"])
     assert out["lpips"] > 0 and not out["l1"].requires_grad
 
 

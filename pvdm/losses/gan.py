@@ -152,6 +152,7 @@ class AutoencoderLoss(nn.Module):
         return {
             "total": total,
             "l1": l1.detach(),
+            "mse": mse.detach(),
             "lpips": p.detach(),
             "gan": g.detach(),
             "fm": fm.detach(),

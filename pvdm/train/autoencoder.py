@@ -179,7 +179,7 @@ def train_autoencoder(
             {k: round(v, 4) for k, v in metrics.items()},
             " (best)" if improved else "",
         )
-        logger.log(step, {f"eval/{k}": v for k, v in metrics.items()})
+        logger.log(step, {f"eval/{k}": v for k, v in metrics.items() if k != "num_videos"})
         if improved and d.is_main:
             save_autoencoder(model, out_dir / "best.pt")
         model.train()
