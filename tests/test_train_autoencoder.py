@@ -91,7 +91,9 @@ def assert_same(a: dict, b: dict) -> None:
 
 @pytest.mark.slow
 def test_stage1_learns_and_writes_outputs(data_dir, tmp_path):
-    metrics = train_autoencoder(make_exp(steps=12), data_dir, tmp_path, "stage1")
+    # MSE: the original's L1 recipe sits on the all-black plateau of Moving MNIST for a long time.
+    exp = make_exp(steps=12, l1_weight=0.0, mse_weight=1.0, lpips_weight=1.0)
+    metrics = train_autoencoder(exp, data_dir, tmp_path, "stage1")
     for name in ("model.pt", "metrics.json", "state.pt", "log.jsonl", "recon_grid.mp4", "recon_grid.gif"):
         assert (tmp_path / name).is_file(), name
     assert metrics["heldout_trained"]["psnr"] > metrics["heldout_untrained"]["psnr"] + 2.0
