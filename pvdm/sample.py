@@ -23,7 +23,7 @@ from pvdm.data.loader import to_uint8
 from pvdm.data.store import ClipStore, ClipStoreWriter
 from pvdm.diffusion.samplers import sample_long
 from pvdm.report.media import write_grid
-from pvdm.utils.io import atomic_save_npy, atomic_write_json, sha256_file
+from pvdm.utils.io import atomic_save_npy, atomic_write_json, read_json, sha256_file
 from pvdm.utils.progress import Progress
 
 log = logging.getLogger("pvdm.sample")
@@ -78,7 +78,12 @@ def generate(
         "amp": amp,
     }
     shards = out / "shards"
+    # Shards of a killed run are reused only if they were made with exactly these settings.
+    if shards.exists() and (not (shards / "card.json").exists() or read_json(shards / "card.json") != card):
+        log.warning("%s holds shards of other sampler settings: starting over", shards)
+        shutil.rmtree(shards)
     shards.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(shards / "card.json", card)
     cast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if dev.type == "cuda" and amp == "bf16"

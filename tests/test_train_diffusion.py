@@ -149,15 +149,18 @@ def test_sampling_seeds_batch_size_long_videos_and_resume(setup, tmp_path):
     generate(ae, unet, tmp_path / "long", batch_size=2, num_videos=2, frames=24, seed=3, steps=4)
     long = ClipStore(tmp_path / "long" / "clips")
     assert long.shape == (2, 24, 32, 32, 3)
-    # a killed run resumes from its finished shards: a planted shard is used as is
-    shards = tmp_path / "r" / "shards"
-    shards.mkdir(parents=True)
+    # a killed run resumes from its finished shards: a planted shard made with the same settings is
+    # used as is; one made with other settings is discarded
+    card = json.loads((tmp_path / "s2" / "samples.json").read_text())
     planted = np.full((2, 8, 32, 32, 3), 7, np.uint8)
-    np.save(shards / "0000000_0000002.npy", planted)
-    generate(ae, unet, tmp_path / "r", batch_size=2, **kw)
-    r = ClipStore(tmp_path / "r" / "clips")
-    assert np.array_equal(r.clips[:2], planted) and np.array_equal(
-        r.clips[2:], a.clips[2:]
-    )  # same batching as a
+    for settings, reused in ((card, True), ({**card, "seed": 99}, False)):
+        shards = tmp_path / f"r{reused}" / "shards"
+        shards.mkdir(parents=True)
+        (shards / "card.json").write_text(json.dumps(settings))
+        np.save(shards / "0000000_0000002.npy", planted)
+        generate(ae, unet, tmp_path / f"r{reused}", batch_size=2, **kw)
+        r = ClipStore(tmp_path / f"r{reused}" / "clips")
+        assert np.array_equal(r.clips[:2], planted) == reused
+        assert np.array_equal(r.clips[2:], a.clips[2:])  # same batching as a
     with pytest.raises(ValueError, match="not a multiple"):
         generate(ae, unet, tmp_path / "bad", batch_size=2, num_videos=1, frames=12, seed=0, steps=2)
