@@ -13,8 +13,7 @@ import torch
 
 from pvdm.data.loader import to_model_range, to_uint8
 from pvdm.data.store import ClipStore
-from pvdm.eval.recon import psnr, ssim
-from pvdm.losses.lpips import LPIPS
+from pvdm.eval.recon import lpips_video, psnr, ssim
 
 
 @torch.no_grad()
@@ -49,19 +48,15 @@ def recon_metrics(
 
     Metrics are computed on the uint8-quantised reconstructions, what a user would save and view.
     """
-    lpips = LPIPS("vgg").to(device) if with_lpips else None
     scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": []}
     for real, rec in reconstruct(model, store, num_videos, frames, batch_size, device):
         x = torch.from_numpy(real).permute(0, 4, 1, 2, 3)  # b c t h w uint8
         y = torch.from_numpy(rec).permute(0, 4, 1, 2, 3)
         scores["psnr"] += psnr(x, y).tolist()
         scores["ssim"] += ssim(x, y).tolist()
-        if lpips is not None:  # every frame, averaged per video
-            xf = (
-                to_model_range(torch.from_numpy(real).flatten(0, 1)[:, None]).squeeze(2).to(device)
-            )  # (b t) c h w
-            yf = to_model_range(torch.from_numpy(rec).flatten(0, 1)[:, None]).squeeze(2).to(device)
-            scores["lpips"] += lpips(xf, yf).reshape(len(real), -1).mean(1).tolist()
+        if with_lpips:  # every frame, averaged per video
+            x, y = (to_model_range(torch.from_numpy(v)).to(device) for v in (real, rec))
+            scores["lpips"] += lpips_video(x, y).tolist()
     out = {k: float(np.mean(v)) for k, v in scores.items() if v}
     out["num_videos"] = min(num_videos, len(store))
     return out

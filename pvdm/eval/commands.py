@@ -128,15 +128,10 @@ class OneClipPerVideo:
     def __init__(self, store: ClipStore, seed: int = 0):
         self.store = store
         rng = np.random.default_rng([seed, 7])
-        vids = store.index[:, 0]
-        self.rows = np.array(
-            [
-                rng.choice(np.flatnonzero(vids == v))
-                for v in range(store.info["num_videos"])
-                if (vids == v).any()
-            ],
-            dtype=np.int64,
-        )
+        # Clips grouped by video (ascending video id, clips in store order), one seeded pick each.
+        order = np.argsort(store.index[:, 0], kind="stable")
+        groups = np.split(order, np.flatnonzero(np.diff(store.index[order, 0])) + 1)
+        self.rows = np.array([rng.choice(g) for g in groups], dtype=np.int64)
         self.dtype, self.ndim = np.dtype(np.uint8), 5
         self.shape = (len(self.rows), *store.shape[1:])
 

@@ -147,10 +147,12 @@ def train_diffusion(
 
     cache = None
     if tcfg["cache_latents"]:
+        # The main rank encodes (or finds) the cache; the others load it once it is written.
         if d.is_main:
-            LatentCache(out_dir / "latents.npy", ae, ae_sha, store, tcfg["cache_stride"], d.device)
+            cache = LatentCache(out_dir / "latents.npy", ae, ae_sha, store, tcfg["cache_stride"], d.device)
         distributed.barrier(d)
-        cache = LatentCache(out_dir / "latents.npy", ae, ae_sha, store, tcfg["cache_stride"], d.device)
+        if cache is None:
+            cache = LatentCache(out_dir / "latents.npy", ae, ae_sha, store, tcfg["cache_stride"], d.device)
     batches = ClipBatches(store, tcfg["batch_size"], store.frames, seed, d.rank, d.world_size)
     logger = TrainLogger(out_dir, enabled=d.is_main)
     logger.truncate_after(start)
