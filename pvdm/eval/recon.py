@@ -20,10 +20,14 @@ SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
-def _prepare(x: torch.Tensor, y: torch.Tensor, data_range: float | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _prepare(
+    x: torch.Tensor, y: torch.Tensor, data_range: float | None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     if x.shape != y.shape or x.ndim != 5:
-        raise ValueError(f"expected two videos [B, C, T, H, W] of the same shape, got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
+        raise ValueError(
+            f"expected two videos [B, C, T, H, W] of the same shape, got {tuple(x.shape)} and "
+            f"{tuple(y.shape)}"
+        )
     if x.dtype != y.dtype:
         raise ValueError(f"videos have different dtypes: {x.dtype} and {y.dtype}")
     if data_range is None:
@@ -82,15 +86,21 @@ def _lpips_model(net: str) -> torch.nn.Module:
 def lpips_video(x: torch.Tensor, y: torch.Tensor, net: str = "vgg", batch_frames: int = 64) -> torch.Tensor:
     """Per-video LPIPS ``[B]``: LPIPS of every frame pair (float videos in [-1, 1]), averaged over frames."""
     if x.shape != y.shape or x.ndim != 5 or not x.is_floating_point():
-        raise ValueError(f"expected two float videos [B, 3, T, H, W] in [-1, 1], got {x.dtype} {tuple(x.shape)} "
-                         f"and {y.dtype} {tuple(y.shape)}")
+        raise ValueError(
+            f"expected two float videos [B, 3, T, H, W] in [-1, 1], got {x.dtype} {tuple(x.shape)} "
+            f"and {y.dtype} {tuple(y.shape)}"
+        )
     model = _lpips_model(net).to(x.device)
     b, c, t, h, w = x.shape
     xf = x.transpose(1, 2).reshape(b * t, c, h, w)  # (b t) c h w
     yf = y.transpose(1, 2).reshape(b * t, c, h, w)
     with torch.no_grad():
-        d = torch.cat([model(xf[i:i + batch_frames], yf[i:i + batch_frames]).flatten()
-                       for i in range(0, b * t, batch_frames)])
+        d = torch.cat(
+            [
+                model(xf[i : i + batch_frames], yf[i : i + batch_frames]).flatten()
+                for i in range(0, b * t, batch_frames)
+            ]
+        )
     return d.reshape(b, t).mean(dim=1)
 
 
