@@ -1,6 +1,6 @@
 # pvdm pipeline: one DAG from raw data to the paper table. Logic lives in the `pvdm` package;
 # every rule calls the `pvdm` command line. See README.md for the picture of the DAG.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -30,4 +30,4 @@ wildcard_constraints:
 rule all:
     default_target: True
     input:
-        final_targets(),
+        PLAN.final_targets(),

@@ -132,9 +132,24 @@ def save_project_checkpoint(path: str | os.PathLike, kind: str, model: nn.Module
     atomic_torch_save(obj, path)
 
 
-def _check_kind(header: dict[str, Any] | None, kind: str, path: str | os.PathLike) -> None:
+def _build(model_cls: type[nn.Module], cfg_cls: type, kind: str, state: dict[str, torch.Tensor],
+           header: dict[str, Any] | None, cfg: Any, path: str | os.PathLike,
+           map_location: str | torch.device, infer: Any) -> Any:
+    """The model of a loaded state dict: config given, else from the project header, else inferred
+    from the shapes of an original file. Returned in eval mode."""
     if header is not None and header.get("kind") != kind:
         raise CheckpointError(f"{path}: checkpoint kind is {header.get('kind')!r}, expected {kind!r}")
+    if cfg is None:
+        if header is not None:
+            try:
+                cfg = cfg_cls.from_dict(header.get("config", {}))
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}: bad {kind} config: {e}") from e
+        else:
+            cfg = infer(state, path)
+    model = model_cls(cfg)
+    load_state_dict_strict(model, state, path)
+    return model.to(map_location).eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,18 +177,8 @@ def load_autoencoder(path: str | os.PathLike, cfg: AutoencoderConfig | None = No
     config from the tensor shapes (see ``infer_autoencoder_config``). Returns the model in eval mode.
     """
     state, header = unpack_checkpoint(load_file(path, map_location), path)
-    _check_kind(header, "autoencoder", path)
-    if cfg is None:
-        if header is not None:
-            try:
-                cfg = AutoencoderConfig.from_dict(header.get("config", {}))
-            except ValueError as e:
-                raise CheckpointError(f"{path}: bad autoencoder config: {e}") from e
-        else:
-            cfg = infer_autoencoder_config(state, path)
-    model = TriplaneAutoencoder(cfg)
-    load_state_dict_strict(model, state, path)
-    return model.to(map_location).eval()
+    return _build(TriplaneAutoencoder, AutoencoderConfig, "autoencoder", state, header, cfg, path, map_location,
+                  infer_autoencoder_config)
 
 
 def infer_autoencoder_config(state: Mapping[str, torch.Tensor],
@@ -263,20 +268,10 @@ def load_diffusion(path: str | os.PathLike, cfg: UNetConfig | None = None,
     ``cfg`` also overrides a project file's stored config. Returns the model in eval mode.
     """
     state, header = unpack_checkpoint(load_file(path, map_location), path)
-    _check_kind(header, "diffusion", path)
     if state and all(k.startswith(ORIGINAL_DIFFUSION_PREFIX) for k in state):
         state = {k[len(ORIGINAL_DIFFUSION_PREFIX):]: v for k, v in state.items()}
-    if cfg is None:
-        if header is not None:
-            try:
-                cfg = UNetConfig.from_dict(header.get("config", {}))
-            except (TypeError, ValueError) as e:
-                raise CheckpointError(f"{path}: bad diffusion config: {e}") from e
-        else:
-            cfg = infer_diffusion_config(state, path)
-    model = TriplaneUNet(cfg)
-    load_state_dict_strict(model, state, path)
-    return model.to(map_location).eval()
+    return _build(TriplaneUNet, UNetConfig, "diffusion", state, header, cfg, path, map_location,
+                  infer_diffusion_config)
 
 
 def infer_diffusion_config(state: Mapping[str, torch.Tensor],

@@ -1,4 +1,5 @@
-"""Experiment configuration: OmegaConf YAML, validated against workflow/schemas/config.schema.yaml.
+"""Experiment configuration: OmegaConf YAML, validated against the schema shipped in the package
+(pvdm/schemas/config.schema.yaml).
 
 The same schema is applied by the Snakefile and by the pvdm CLI, so an unknown key or a wrong
 type fails before any job starts, with a message naming the key and the file. Defaults live in the
@@ -11,6 +12,7 @@ import json
 import re
 from collections.abc import Sequence
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import jsonschema
 import yaml
 from omegaconf import OmegaConf
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = resources.files("pvdm") / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -27,8 +29,7 @@ class ConfigError(ValueError):
 
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
-    with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+    return yaml.safe_load(SCHEMA.read_text())
 
 
 def _default_filling_validator() -> type:

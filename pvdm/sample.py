@@ -9,7 +9,6 @@ skipped on a rerun, so a killed sampling job resumes; the store is assembled at 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -21,17 +20,14 @@ import torch
 from pvdm.checkpoints import load_autoencoder, load_diffusion
 from pvdm.data.loader import to_uint8
 from pvdm.data.store import ClipStore, ClipStoreWriter
-from pvdm.diffusion.samplers import sample_long
-from pvdm.report.media import write_grid
+from pvdm.diffusion.samplers import Sampler, sample_long
+from pvdm.utils.device import autocast, default_device
 from pvdm.utils.io import atomic_save_npy, atomic_write_json, read_json, sha256_file
+from pvdm.utils.media import write_grid
 from pvdm.utils.progress import Progress
+from pvdm.utils.seeding import sample_seed
 
 log = logging.getLogger("pvdm.sample")
-
-
-def sample_seed(seed: int, index: int) -> int:
-    return seed * 1_000_003 + index
-
 
 def generate(
     autoencoder: str | Path,
@@ -40,19 +36,19 @@ def generate(
     *,
     num_videos: int,
     frames: int,
+    sampler: Sampler,
     seed: int = 0,
     batch_size: int = 16,
-    steps: int = 100,
-    eta: float = 1.0,
     amp: str = "none",
     device: str | None = None,
-    ema: bool | None = None,
+    weights: str | None = None,
     preview: int = 16,
 ) -> dict[str, Any]:
     """Write ``num_videos`` videos of ``frames`` frames to ``out/clips`` (a clip store) with
-    ``out/preview.{mp4,gif}`` and ``out/samples.json`` (the sampler card)."""
+    ``out/preview.{mp4,gif}`` and ``out/samples.json`` (the sampler card). ``weights`` names the
+    U-Net weights for the card: ema, raw, untrained or released."""
     out = Path(out)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(device) if device else default_device()
     ae = load_autoencoder(autoencoder, map_location=dev).eval()
     unet = load_diffusion(diffusion, map_location=dev).eval()
     t, res = ae.cfg.frames, ae.cfg.resolution
@@ -67,8 +63,10 @@ def generate(
         "frames": frames,
         "clips_per_video": n_clips,
         "resolution": res,
-        "sampler": {"name": "ddpm" if steps == 1000 else "ddim", "steps": steps, "eta": eta},
-        "ema": ema,
+        "sampler": sampler.to_dict(),
+        "sampler_label": sampler.label,
+        "weights": weights,
+        "ema": {"ema": True, "raw": False}.get(weights or ""),
         "seed": seed,
         "per_sample_seed": "seed * 1000003 + index",
         "autoencoder": str(autoencoder),
@@ -84,11 +82,6 @@ def generate(
         shutil.rmtree(shards)
     shards.mkdir(parents=True, exist_ok=True)
     atomic_write_json(shards / "card.json", card)
-    cast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if dev.type == "cuda" and amp == "bf16"
-        else contextlib.nullcontext()
-    )
     with Progress(num_videos, f"sampling {frames}-frame videos") as bar:
         for start in range(0, num_videos, batch_size):
             stop = min(start + batch_size, num_videos)
@@ -97,16 +90,8 @@ def generate(
                 bar.update(stop - start)
                 continue
             gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(start, stop)]
-            with torch.no_grad(), cast:
-                z = sample_long(
-                    unet,
-                    n_clips,
-                    (stop - start, *shape_one),
-                    generators=gens,
-                    steps=steps,
-                    eta=eta,
-                    device=dev,
-                )  # n b c l
+            with torch.no_grad(), autocast(dev, amp):
+                z = sample_long(unet, n_clips, (stop - start, *shape_one), sampler, generators=gens, device=dev)  # n b c l
                 videos = torch.cat([ae.decode(z[k].float()) for k in range(n_clips)], dim=2)  # b c (n t) h w
             atomic_save_npy(shard, to_uint8(videos))
             bar.update(stop - start)

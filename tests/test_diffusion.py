@@ -9,6 +9,7 @@ import torch
 
 from pvdm.diffusion import (
     NoiseSchedule,
+    Sampler,
     ddim_sample,
     ddim_timesteps,
     ddpm_sample,
@@ -21,15 +22,7 @@ from pvdm.models.unet import TriplaneUNet, UNetConfig
 
 S = NoiseSchedule()
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: OpenMP synchronisation dominates their cost, and on a busy 2-core machine two
-    # threads run these tests ~10x slower than one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def abar(i: int) -> float:
@@ -182,18 +175,24 @@ def test_samplers_follow_the_exact_linear_gaussian_recursion(sampler, steps, eta
     assert out.std().item() == pytest.approx(want_std, rel=0.02)
 
 
-def test_sample_dispatches_like_the_original():
+def test_named_samplers_walk_their_time_steps():
     calls = []
 
     def model(x, t, cond):
         calls.append(int(t[0]))
         return torch.zeros_like(x)
 
-    sample(model, (1, 1, 3), steps=1000, generators=[0])
+    sample(model, (1, 1, 3), Sampler("ddpm", 1000), generators=[0])
     assert calls == list(range(999, -1, -1))  # ancestral over all steps
     calls.clear()
-    sample(model, (1, 1, 3), steps=400, eta=1.0, generators=[0])
+    sample(model, (1, 1, 3), Sampler("ddim", 400, 1.0), generators=[0])
     assert len(calls) == 400 and calls[:3] == [999, 996, 994]
+    assert Sampler("ddim", 400, 1.0).label == "ddim400_eta1" and Sampler("ddpm", 1000).label == "ddpm1000"
+    assert Sampler.from_config({"name": "ddim", "steps": 50, "eta": 0}).to_dict() == {"name": "ddim", "steps": 50, "eta": 0.0}
+    with pytest.raises(ValueError, match="walks all 1000 steps"):
+        sample(model, (1, 1, 3), Sampler("ddpm", 400), generators=[0])
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        Sampler("euler", 10)
 
 
 def test_x0_is_clipped():
@@ -280,7 +279,7 @@ def test_sample_long_conditions_each_clip_on_the_previous_clean_latent():
         return 0.3 * x  # any deterministic predictor
 
     first = torch.full((2, 1, 4), 0.5)
-    clips = sample_long(model, 3, (2, 1, 4), first_cond=first, steps=4, eta=1.0, generators=[7, 8])
+    clips = sample_long(model, 3, (2, 1, 4), Sampler("ddim", 4, 1.0), first_cond=first, generators=[7, 8])
     assert clips.shape == (3, 2, 1, 4)
     assert len(calls) == 12
     for c in calls[:4]:
@@ -290,18 +289,18 @@ def test_sample_long_conditions_each_clip_on_the_previous_clean_latent():
             assert torch.equal(c, clips[k - 1])
     # Clips differ (the generators advance), and chaining is deterministic under the seeds.
     assert not torch.equal(clips[0], clips[1])
-    assert torch.equal(sample_long(model, 3, (2, 1, 4), first_cond=first, steps=4, generators=[7, 8]), clips)
+    assert torch.equal(sample_long(model, 3, (2, 1, 4), Sampler("ddim", 4), first_cond=first, generators=[7, 8]), clips)
     # Without first_cond the first clip gets None (the model's zeros condition).
     calls.clear()
-    sample_long(model, 2, (2, 1, 4), steps=3, generators=[7, 8])
+    sample_long(model, 2, (2, 1, 4), Sampler("ddim", 3), generators=[7, 8])
     assert all(c is None for c in calls[:3]) and all(c is not None for c in calls[3:])
 
 
 def test_sample_long_with_the_unet_is_batch_independent():
     model = small_unet()
     shape = (2, 4, model.cfg.latent_length)
-    clips = sample_long(model, 2, shape, steps=3, generators=[1, 2])
-    alone = sample_long(model, 2, (1, *shape[1:]), steps=3, generators=[2])
+    clips = sample_long(model, 2, shape, Sampler("ddim", 3), generators=[1, 2])
+    alone = sample_long(model, 2, (1, *shape[1:]), Sampler("ddim", 3), generators=[2])
     torch.testing.assert_close(alone[:, 0], clips[:, 1], atol=1e-4, rtol=1e-4)
 
 

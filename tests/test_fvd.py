@@ -9,14 +9,9 @@ import torch
 
 from pvdm.eval import fvd
 from pvdm.eval.commands import register
+from pvdm.eval.records import FVDRecord
 
-
-@pytest.fixture(scope="module", autouse=True)
-def weights_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("weights")
-        mp.setenv("PVDM_WEIGHTS_DIR", str(path))
-        yield path
+pytestmark = pytest.mark.usefixtures("isolated_weights_dir")
 
 
 def gaussian_features(n: int, d: int, shift: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -110,9 +105,16 @@ def test_bootstrap_interval_contains_point_estimate_and_is_seeded():
     assert fvd.bootstrap_fvd(real, fake, rounds=200, seed=4) != (lo, hi)
 
 
-def test_real_floor_uses_disjoint_subsets():
+def test_real_floor_uses_disjoint_subsets(monkeypatch):
     real = gaussian_features(400, 8, seed=1)
+    compared = []
+    distance = fvd.fvd_from_features
+    monkeypatch.setattr(fvd, "fvd_from_features", lambda a, b, unbiased=False: compared.append((a, b)) or distance(a, b))
     floor = fvd.real_floor(real, 200, seed=0)
+    (a, b), = compared
+    rows_a, rows_b = {r.tobytes() for r in a}, {r.tobytes() for r in b}
+    assert len(rows_a) == len(rows_b) == 200 and not rows_a & rows_b  # two disjoint halves of the real set
+    assert rows_a | rows_b == {r.tobytes() for r in real}
     assert 0 < floor < fvd.fvd_from_features(real, gaussian_features(400, 8, shift=0.5, seed=2))
     assert fvd.real_floor(real, 200, seed=0) == floor
     with pytest.raises(ValueError, match="2\\*n"):
@@ -238,9 +240,9 @@ def test_fvd_command_end_to_end(tmp_path):
     args = parser.parse_args(["fvd", "--real", str(tmp_path / "real.npy"), "--fake", str(tmp_path / "fake.npy"),
                               "--num-videos", "3", "--frames", "16", "--out", str(out), "--bootstrap", "5",
                               "--cache-dir", str(tmp_path / "cache"), "--dataset", "noise", "--seed", "1"])
-    metric = args.func(args)
+    args.func(args)
     saved = json.loads(out.read_text())
-    assert saved["metric"] == "fvd3_16f" and saved["value"] == pytest.approx(metric["value"])
+    assert saved["metric"] == "fvd3_16f" and FVDRecord.read(out).value == saved["value"]
     assert saved["value"] > 0 and saved["value"] == pytest.approx(saved["value_eig"], rel=1e-3)
     assert len(saved["interval95"]) == 2 and saved["real_floor"] is None  # 3 real clips: no two halves of 2
     card = saved["protocol"]

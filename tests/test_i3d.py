@@ -14,13 +14,7 @@ from pvdm.weights import UnsafePickleError, load_numpy_pickle
 
 REF = Path(__file__).parent / "data" / "i3d_reference.npz"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def weights_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("weights")
-        mp.setenv("PVDM_WEIGHTS_DIR", str(path))
-        yield path
+pytestmark = pytest.mark.usefixtures("isolated_weights_dir")
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import DATA, REPO
+from conftest import DATA, REPO, TINY_AE
 
 from pvdm.checkpoints import save_autoencoder, save_diffusion
+from pvdm.eval.records import FVDRecord, ReconRecord
 from pvdm.models.autoencoder import AutoencoderConfig, TriplaneAutoencoder
 from pvdm.models.unet import TriplaneUNet, UNetConfig
 
@@ -43,15 +44,24 @@ def test_full_pipeline_tiny(tmp_path):
     res = tmp_path / "results"
     table = (res / "paper" / "table1.md").read_text()
     assert "Tiny (CI)" in table and "untrained U-Net" in table and "real vs real" in table
-    numbers = json.loads((res / "paper" / "table1.json").read_text())
-    assert numbers  # machine-readable table for `dvc metrics`
-    for name in ("fvd16_model", "fvd16_untrained", "fvd48_model", "recon"):
-        m = json.loads((res / "tiny" / "metrics" / f"{name}.json").read_text())
-        assert m.get("value", m.get("psnr")) is not None
-    card = json.loads((res / "tiny" / "metrics" / "fvd16_model.json").read_text())["protocol"]
-    assert card["num_fake"] == 4 and card["frames"] == 16 and card["i3d_weights_sha256"]
+    # The machine-readable table (`dvc metrics`) holds exactly the numbers of the metric files.
+    rows = json.loads((res / "paper" / "table1.json").read_text())["rows"]
+    assert list(rows) == ["tiny", "tiny_untrained", "tiny_floor"]
+    assert rows["tiny"]["status"] == rows["tiny_untrained"]["status"] == "ok"
+    assert rows["tiny_floor"]["status"] == "fvd128 floor missing"  # 2 long videos: no two halves of >= 2
+    metrics = res / "tiny" / "metrics"
+    fvd16, fvd48 = FVDRecord.read(metrics / "fvd16_model.json"), FVDRecord.read(metrics / "fvd48_model.json")
+    recon = ReconRecord.read(metrics / "recon.json")
+    assert rows["tiny"]["fvd16"] == fvd16.value and [rows["tiny"]["fvd16_lo"], rows["tiny"]["fvd16_hi"]] == list(fvd16.interval95)
+    assert rows["tiny"]["fvd128"] == fvd48.value and rows["tiny"]["psnr"] == recon.psnr and rows["tiny"]["rfvd"] == recon.rfvd.value
+    assert rows["tiny_untrained"]["fvd16"] == FVDRecord.read(metrics / "fvd16_untrained.json").value
+    assert rows["tiny_floor"]["fvd16"] == fvd16.real_floor.value and fvd16.real_floor.n == 2
+    assert fvd16.value > 0 and recon.num_videos == 4 and 5 < recon.psnr < 40
+    card = fvd16.protocol
+    assert card["num_fake"] == 4 and card["frames"] == 16 and len(card["i3d_weights_sha256"]) == 64
+    assert card["sampler"] == "ddim3_eta1" and card["ema"] is True  # from the samples' card
     history = json.loads((res / "tiny" / "autoencoder" / "gan" / "history.json").read_text())
-    assert history["evaluations"] and history["stop_reason"]
+    assert [e["step"] for e in history["evaluations"]][:2] == [0, 1] and history["stopped_at"] <= 3
     for fig in ("autoencoder", "diffusion", "samples"):
         assert (res / "paper" / "figures" / f"tiny_{fig}_16.png").stat().st_size > 1000
     assert (res / "tiny" / "samples" / "model48" / "preview.gif").is_file()
@@ -61,7 +71,7 @@ def test_full_pipeline_tiny(tmp_path):
 
     # a sampling change resamples and re-evaluates, and retrains nothing
     changed = yaml.safe_load(cfg.read_text())
-    changed["experiments"]["tiny"]["sampling"]["steps"] = 4
+    changed["experiments"]["tiny"]["sampling"]["sampler"]["steps"] = 4
     cfg.write_text(yaml.safe_dump(changed))
     dry = snakemake(tmp_path, "--configfile", str(cfg), "-n")
     planned = jobs_planned(dry.stdout)
@@ -78,19 +88,7 @@ def test_full_pipeline_tiny(tmp_path):
 def test_released_checkpoints_flow(tmp_path):
     """Small checkpoints in the original format stand in for the released PVDM files."""
     torch.manual_seed(0)
-    ae_cfg = AutoencoderConfig(
-        resolution=32,
-        frames=16,
-        patch_size=8,
-        channels=32,
-        depth=1,
-        heads=2,
-        dim_head=16,
-        proj_depth=1,
-        proj_heads=2,
-        proj_dim_head=16,
-        proj_mlp_dim=64,
-    )
+    ae_cfg = AutoencoderConfig(**{**TINY_AE, "frames": 16})
     unet_model = {
         "model_channels": 32,
         "channel_mult": [1, 2],

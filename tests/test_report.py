@@ -8,6 +8,7 @@ and read the diff before committing it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pvdm.eval.records import FVDRecord
 from pvdm.report import commands
 from pvdm.report.figures import (
     metric_step,
@@ -31,7 +33,6 @@ from pvdm.report.table import (
     load_rows,
     parse_rows,
     protocol_warnings,
-    read_fvd_metric,
     to_json,
     to_latex,
     to_markdown,
@@ -208,8 +209,8 @@ def test_table_all_files_missing_does_not_crash(tmp_path):
     ('{"interval95": null, "protocol": {}}', r"bad\.json: 'value' must be a finite number, got None"),
     ('{"value": "812", "protocol": {}}', r"bad\.json: 'value' must be a finite number, got '812'"),
     ('{"value": 1.0, "interval95": [1.0], "protocol": {}}', r"bad\.json: 'interval95' must be null or \[lo, hi\]"),
-    ('{"value": 1.0, "interval95": null}', r"bad\.json: 'protocol' \(the protocol card\) must be an object"),
-    ("[1, 2]", r"bad\.json: expected an FVD metric object, got list"),
+    ('{"value": 1.0, "interval95": null}', r"bad\.json: 'protocol' must be an object"),
+    ("[1, 2]", r"bad\.json: expected a JSON object, got list"),
 ])
 def test_malformed_fvd_file_names_the_file(tmp_path, content, message):
     (tmp_path / "bad.json").write_text(content)
@@ -361,17 +362,20 @@ def test_fvd_over_checkpoints(tmp_path):
             files[-1].parent.mkdir(exist_ok=True)
             files[-1].write_text(json.dumps(m))
     _check_png(plot_fvd_checkpoints(files, tmp_path / "fvd.png", title="UCF-101"))
-    assert metric_step(read_fvd_metric(files[0]), files[0]) == 1000  # from the folder name
-    assert metric_step({"protocol": {"step": 42}}, "fvd16.json") == 42  # from the card
-    assert metric_step({}, "fvd16_step050000.json") == 50000
+    record = FVDRecord.read(files[0])
+    assert metric_step(record, files[0]) == 1000  # from the folder name
+    with_step = dataclasses.replace(record, protocol={"step": 42})
+    assert metric_step(with_step, "fvd16.json") == 42  # from the card
+    no_step = dataclasses.replace(record, protocol={})
+    assert metric_step(no_step, "fvd16_step050000.json") == 50000
     with pytest.raises(ValueError, match=r"fvd16\.json: no training step"):
-        metric_step({"protocol": {}}, "fvd16.json")  # the 16 of fvd16 is not a step
+        metric_step(no_step, "fvd16.json")  # the 16 of fvd16 is not a step
 
 
 def test_fixture_files_are_valid_metric_files():
     # the fixtures follow the layout pvdm.eval.fvd.evaluate_fvd writes
     for name in ("ucf_ours_fvd16.json", "ucf_ours_fvd128.json", "sky_released_fvd16.json",
                  "mnist_untrained_fvd16.json"):
-        m = read_fvd_metric(DATA / name)
-        assert set(m) >= {"metric", "value", "value_eig", "interval95", "bootstrap", "real_floor", "protocol"}
-        assert m["metric"] == m["protocol"]["metric"]
+        m = FVDRecord.read(DATA / name)
+        assert m.metric == m.protocol["metric"] and m.value_eig is not None and "rounds" in m.bootstrap
+        assert FVDRecord.from_json(m.to_json(), name) == m  # the round trip keeps everything

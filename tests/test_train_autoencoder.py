@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_AE, mnist_data
 
 from pvdm.checkpoints import load_autoencoder
 from pvdm.config import validate
@@ -20,31 +21,13 @@ from pvdm.data.prepare import prepare
 from pvdm.train.autoencoder import train_autoencoder
 from pvdm.train.early_stopping import DivergenceGuard, EarlyStopping
 
-MODEL = {
-    "resolution": 32,
-    "frames": 8,
-    "patch_size": 8,
-    "channels": 32,
-    "depth": 1,
-    "heads": 2,
-    "dim_head": 16,
-    "proj_depth": 1,
-    "proj_heads": 2,
-    "proj_dim_head": 16,
-    "proj_mlp_dim": 64,
-}
+MODEL = TINY_AE
 
 
 def make_exp(**stage1) -> dict:
     exp = {
         "seed": 3,
-        "data": {
-            "dataset": "moving_mnist",
-            "resolution": 32,
-            "clip_frames": 12,
-            "long_frames": 0,
-            "moving_mnist": {"num_train": 16, "num_test": 4},
-        },
+        "data": mnist_data(clip_frames=12, num_train=16),
         "autoencoder": {
             "model": MODEL,
             "stage1": {
@@ -157,19 +140,27 @@ def test_sigkill_then_resume_gives_identical_weights(data_dir, tmp_path):
 def test_gan_stage_early_stopping_history(data_dir, tmp_path):
     exp = make_exp(steps=4)
     train_autoencoder(exp, data_dir, tmp_path / "s1", "stage1")
+    init = weights(tmp_path / "s1" / "model.pt")
+    # No evaluation can beat the start by 100 dB: with patience 2 and an evaluation every 2 steps,
+    # training must stop at step 4 and keep the starting model.
+    exp["autoencoder"]["gan"].update(min_delta=100.0, patience=2, eval_every=2, steps=6)
     metrics = train_autoencoder(exp, data_dir, tmp_path / "gan", "gan", init=tmp_path / "s1" / "model.pt")
     history = json.loads((tmp_path / "gan" / "history.json").read_text())
-    assert history["monitor"] == "psnr" and history["evaluations"][0]["step"] == 0
-    steps = [e["step"] for e in history["evaluations"]]
-    assert steps == sorted(steps) and all(s % 2 == 0 for s in steps)
-    assert history["best_step"] in steps and metrics["best_step"] == history["best_step"]
-    best = max(e["psnr"] for e in history["evaluations"])
-    assert history["best"] == pytest.approx(best)
-    assert_same(weights(tmp_path / "gan" / "model.pt"), weights(tmp_path / "gan" / "best.pt"))
-    if history["stopped_early"]:
-        assert "early stop" in history["stop_reason"] or "diverged" in history["stop_reason"]
-    else:
-        assert history["stopped_at"] == 6
+    assert history["monitor"] == "psnr" and [e["step"] for e in history["evaluations"]] == [0, 2, 4]
+    assert history["stopped_early"] and history["stopped_at"] == 4
+    assert history["stop_reason"].startswith("early stop: no psnr improvement in 2 evaluations")
+    assert history["best_step"] == 0 == metrics["best_step"]
+    assert history["best"] == pytest.approx(history["evaluations"][0]["psnr"])
+    assert_same(weights(tmp_path / "gan" / "model.pt"), init)  # the best = the untouched start
+    # Without the impossible margin the stage runs all its steps; model.pt is the best evaluation.
+    exp["autoencoder"]["gan"].update(min_delta=0.0, patience=10)
+    train_autoencoder(exp, data_dir, tmp_path / "gan2", "gan", init=tmp_path / "s1" / "model.pt")
+    history = json.loads((tmp_path / "gan2" / "history.json").read_text())
+    assert not history["stopped_early"] and history["stopped_at"] == 6 and history["stop_reason"] == "reached 6 steps"
+    assert [e["step"] for e in history["evaluations"]] == [0, 2, 4, 6]
+    best = max(history["evaluations"], key=lambda e: e["psnr"])
+    assert history["best_step"] == best["step"] and history["best"] == pytest.approx(best["psnr"])
+    assert_same(weights(tmp_path / "gan2" / "model.pt"), weights(tmp_path / "gan2" / "best.pt"))
 
 
 def test_early_stopping_on_synthetic_monitor():

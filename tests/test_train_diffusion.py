@@ -9,40 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_AE, mnist_data
 
 from pvdm.checkpoints import load_diffusion, save_autoencoder
 from pvdm.config import validate
 from pvdm.data.prepare import prepare
 from pvdm.data.store import ClipStore
+from pvdm.diffusion.samplers import Sampler
 from pvdm.models.autoencoder import AutoencoderConfig, TriplaneAutoencoder
 from pvdm.sample import generate
 from pvdm.train.diffusion import train_diffusion
 
-AE = AutoencoderConfig(
-    resolution=32,
-    frames=8,
-    patch_size=8,
-    channels=32,
-    depth=1,
-    heads=2,
-    dim_head=16,
-    proj_depth=1,
-    proj_heads=2,
-    proj_dim_head=16,
-    proj_mlp_dim=64,
-)
+AE = AutoencoderConfig(**TINY_AE)
 
 
 def make_exp(**train) -> dict:
     exp = {
         "seed": 5,
-        "data": {
-            "dataset": "moving_mnist",
-            "resolution": 32,
-            "clip_frames": 16,
-            "long_frames": 0,
-            "moving_mnist": {"num_train": 12, "num_test": 4},
-        },
+        "data": mnist_data(clip_frames=16, num_train=12),
         "diffusion": {
             "model": {
                 "model_channels": 32,
@@ -51,16 +35,8 @@ def make_exp(**train) -> dict:
                 "attention_resolutions": [2],
                 "num_heads": 2,
             },
-            "train": {
-                "steps": 6,
-                "batch_size": 4,
-                "lr": 1e-3,
-                "save_every": 2,
-                "log_every": 1,
-                "ema_every": 2,
-                "cond_prob": 0.5,
-                **train,
-            },
+            "train": {"steps": 6, "batch_size": 4, "lr": 1e-3, "save_every": 2, "log_every": 1, "ema_every": 2,
+                      "cond_prob": 0.5, **train},
         },
     }
     return validate(exp, "test", definition="experiment")
@@ -132,7 +108,7 @@ def test_sampling_seeds_batch_size_long_videos_and_resume(setup, tmp_path):
     data, ae = setup
     train_diffusion(make_exp(steps=2), data, ae, tmp_path / "d")
     unet = tmp_path / "d" / "ema.pt"
-    kw = dict(num_videos=5, frames=8, seed=3, steps=4, eta=1.0)
+    kw = dict(num_videos=5, frames=8, seed=3, sampler=Sampler("ddim", 4, 1.0))
     generate(ae, unet, tmp_path / "s2", batch_size=2, **kw)
     generate(ae, unet, tmp_path / "s3", batch_size=3, **kw)
     a, b = ClipStore(tmp_path / "s2" / "clips"), ClipStore(tmp_path / "s3" / "clips")
@@ -144,9 +120,10 @@ def test_sampling_seeds_batch_size_long_videos_and_resume(setup, tmp_path):
     assert not np.array_equal(a[0], a[1])
     card = json.loads((tmp_path / "s2" / "samples.json").read_text())
     assert card["sampler"] == {"name": "ddim", "steps": 4, "eta": 1.0} and card["frames"] == 8
+    assert card["sampler_label"] == "ddim4_eta1"
     assert (tmp_path / "s2" / "preview.mp4").is_file() and (tmp_path / "s2" / "preview.gif").is_file()
     # long videos: 3 chained clips of 8 frames
-    generate(ae, unet, tmp_path / "long", batch_size=2, num_videos=2, frames=24, seed=3, steps=4)
+    generate(ae, unet, tmp_path / "long", batch_size=2, num_videos=2, frames=24, seed=3, sampler=Sampler("ddim", 4))
     long = ClipStore(tmp_path / "long" / "clips")
     assert long.shape == (2, 24, 32, 32, 3)
     # a killed run resumes from its finished shards: a planted shard made with the same settings is
@@ -163,4 +140,4 @@ def test_sampling_seeds_batch_size_long_videos_and_resume(setup, tmp_path):
         assert np.array_equal(r.clips[:2], planted) == reused
         assert np.array_equal(r.clips[2:], a.clips[2:])  # same batching as a
     with pytest.raises(ValueError, match="not a multiple"):
-        generate(ae, unet, tmp_path / "bad", batch_size=2, num_videos=1, frames=12, seed=0, steps=2)
+        generate(ae, unet, tmp_path / "bad", batch_size=2, num_videos=1, frames=12, seed=0, sampler=Sampler("ddim", 2))

@@ -20,15 +20,7 @@ REF = json.loads((Path(__file__).parent / "data" / "pvdm_unet_keys.json").read_t
 TINY = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),
             num_heads=2, latent_side=4, latent_frames=8)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: OpenMP synchronisation dominates their cost, and on a busy 2-core machine two
-    # threads run these tests ~10x slower than one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> TriplaneUNet:

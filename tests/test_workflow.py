@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,11 +86,22 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_default_target_dry_run():
-    dry = subprocess.run(
-        [str(BIN / "snakemake"), "-n", "--cores", "1"], cwd=REPO, capture_output=True, text=True, env=ENV
-    )
+def planned_jobs(out: str) -> dict[str, int]:
+    block = out.split("Job stats:")[1].split("\n\n")[0]
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", block, re.M) if m[0] != "total"}
+
+
+def test_default_target_dry_run(tmp_path):
+    # From an empty working directory: the whole embedded default is planned, job by job.
+    dry = snakemake("-n", "--cores", "1", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr[-2000:]
+    assert planned_jobs(dry.stdout) == {
+        "prepare_data": 1, "train_autoencoder": 1, "finetune_gan": 1, "eval_recon": 1, "train_diffusion": 1,
+        "sample": 3, "eval_fvd": 3, "paper_figures": 1, "paper_table": 1, "all": 1,
+    }
+    paper = snakemake("-n", "--cores", "1", "--configfile", str(REPO / "config" / "ucf101.yaml"), cwd=tmp_path)
+    assert paper.returncode == 0, paper.stderr[-2000:]
+    assert planned_jobs(paper.stdout)["download_dataset"] == 1 and planned_jobs(paper.stdout)["sample"] == 2
 
 
 def test_embedded_default_is_the_default_config(tmp_path):

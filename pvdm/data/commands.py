@@ -5,38 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pvdm.config import experiment, experiment_from_json, load_config
-
-
-def add_experiment_args(p: argparse.ArgumentParser) -> None:
-    """The config options every stage command takes."""
-    g = p.add_argument_group("configuration")
-    g.add_argument(
-        "--config",
-        action="append",
-        metavar="YAML",
-        help="config file; repeat to layer files (later ones override earlier ones)",
-    )
-    g.add_argument("--exp", help="experiment id inside the config (optional when it holds one experiment)")
-    g.add_argument(
-        "--settings", metavar="JSON", help="an experiment's settings as JSON (how Snakemake rules call)"
-    )
-    g.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="dotted overrides, e.g. experiments.mnist.data.resolution=32",
-    )
-
-
-def resolve_experiment(args: argparse.Namespace) -> tuple[str, dict]:
-    if args.settings:
-        if args.config or args.overrides:
-            raise SystemExit("error: use either --settings or --config [overrides], not both")
-        return args.exp or "experiment", experiment_from_json(args.settings)
-    if not args.config:
-        raise SystemExit("error: give --config YAML (e.g. config/config.yaml) or --settings JSON")
-    return experiment(load_config(args.config, args.overrides), args.exp)
+from pvdm.cli_options import add_experiment_args, add_options, resolve_experiment
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_experiment_args(p)
-    p.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/mnist/data")
+    add_options(p, out="output folder, e.g. results/mnist/data")
     p.add_argument("--root", type=Path, help="raw dataset folder (overrides data.root)")
     p.add_argument("--workers", type=int, help="decoding processes (overrides data.workers)")
     p.set_defaults(func=run_prepare)
@@ -68,7 +37,7 @@ def register_download(sub: argparse._SubParsersAction) -> None:
         "(a mismatch discards the file), extract it into OUT and record the hashes in OUT/download.json.",
     )
     add_experiment_args(p)
-    p.add_argument("--out", required=True, type=Path, help="e.g. results/raw/ucf101")
+    add_options(p, out="e.g. results/raw/ucf101")
     p.set_defaults(func=run_download)
 
 

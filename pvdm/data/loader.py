@@ -42,14 +42,18 @@ class ClipBatches:
         self.store, self.batch_size, self.frames, self.seed = store, batch_size, frames, seed
         self.rank, self.world_size = rank, world_size
 
+    @property
+    def local_slice(self) -> slice:
+        """This rank's rows of the global batch."""
+        local = self.batch_size // self.world_size
+        return slice(self.rank * local, (self.rank + 1) * local)
+
     def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         idx = batch_indices(len(self.store), self.batch_size, self.seed, step)
         offsets = np.random.default_rng([self.seed, step, 1]).integers(
             0, self.store.frames - self.frames + 1, size=self.batch_size
         )
-        local = self.batch_size // self.world_size
-        sl = slice(self.rank * local, (self.rank + 1) * local)
-        return idx[sl], offsets[sl]
+        return idx[self.local_slice], offsets[self.local_slice]
 
     def get(self, step: int) -> torch.Tensor:
         idx, offsets = self.indices(step)

@@ -1,6 +1,7 @@
 """Latent diffusion process, independent of the network (``model`` is a callable argument)."""
 
 from pvdm.diffusion.samplers import (
+    Sampler,
     ddim_sample,
     ddim_timesteps,
     ddpm_sample,
@@ -13,6 +14,7 @@ from pvdm.diffusion.schedule import NoiseSchedule, q_sample, training_loss
 
 __all__ = [
     "NoiseSchedule",
+    "Sampler",
     "ddim_sample",
     "ddim_timesteps",
     "ddpm_sample",

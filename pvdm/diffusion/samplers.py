@@ -1,17 +1,21 @@
-"""Samplers: DDPM ancestral, DDIM with eta (PVDM's time pairs), and long-video clip chaining.
+"""Samplers: DDPM ancestral and DDIM with eta (PVDM's time pairs) in one loop; long-video chaining.
+
+A sampler is a named value, ``Sampler(name, steps, eta)`` (the config's ``sampling.sampler``):
+``ddpm`` walks all T steps with the ancestral update, ``ddim`` walks PVDM's ``steps`` time pairs with
+the DDIM update. ``sample`` is the one loop both share; ``_UPDATES`` maps a name to its update rule.
+The paper's numbers use DDIM with 400 steps and eta = 1 (design doc 3.6). Both clip the predicted
+x0 to [-1, 1] (the latents are tanh-bounded).
 
 Every random draw of sample b comes from its own generator ``generators[b]`` (an int seed or a
 ``torch.Generator``), so a sample depends on its seed only, not on the batch it is drawn in.
 Integer seeds make CPU generators: the same seed gives the same noise on any device.
-
-The original picks the sampler by step count (``sample`` does the same): 1000 steps -> ancestral
-DDPM; fewer -> DDIM. Its paper numbers use "400 steps, eta = 1", i.e. DDIM with 400 steps and
-eta = 1 (design doc 3.6). Both clip the predicted x0 to [-1, 1] (the latents are tanh-bounded).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -49,6 +53,41 @@ def ddim_timesteps(steps: int, num_timesteps: int = 1000) -> list[tuple[int, int
     return list(zip(times[:-1], times[1:], strict=True))
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """A named sampler: ``ddpm`` (ancestral, all T steps; eta unused) or ``ddim`` (``steps`` pairs, eta)."""
+
+    name: str = "ddim"
+    steps: int = 400
+    eta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.name not in _UPDATES:
+            raise ValueError(f"unknown sampler {self.name!r}; choose one of {sorted(_UPDATES)}")
+        if self.eta < 0:
+            raise ValueError(f"sampler eta must be >= 0, got {self.eta}")
+
+    @classmethod
+    def from_config(cls, d: Mapping[str, Any]) -> Sampler:
+        return cls(str(d["name"]), int(d["steps"]), float(d["eta"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "steps": self.steps, "eta": self.eta}
+
+    @property
+    def label(self) -> str:
+        """Short name for folders and protocol cards: ``ddim400_eta1``, ``ddpm1000``."""
+        return f"ddim{self.steps}_eta{self.eta:g}" if self.name == "ddim" else f"ddpm{self.steps}"
+
+    def timesteps(self, num_timesteps: int) -> list[tuple[int, int]]:
+        """The (t, t_next) pairs the loop walks; t_next = -1 marks the last step."""
+        if self.name == "ddim":
+            return ddim_timesteps(self.steps, num_timesteps)
+        if self.steps != num_timesteps:
+            raise ValueError(f"the ddpm sampler walks all {num_timesteps} steps; got steps={self.steps}")
+        return [(t, t - 1) for t in reversed(range(num_timesteps))]
+
+
 def _predict_eps(
     model: Model, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, guidance: float
 ) -> torch.Tensor:
@@ -59,119 +98,96 @@ def _predict_eps(
     return eps
 
 
-def _setup(
+Noise = Callable[[], torch.Tensor]
+
+
+def _ddpm_update(
+    schedule: NoiseSchedule, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
+    t: torch.Tensor, step: int, step_next: int, eta: float, noise: Noise,
+) -> torch.Tensor:
+    """x_{t-1} ~ q(x_{t-1} | x_t, x0_hat); the mean (no noise) at t = 0."""
+    mean, log_var = schedule.q_posterior(x0, x, t)
+    return mean + (0.5 * log_var).exp() * noise() if step > 0 else mean
+
+
+def _ddim_update(
+    schedule: NoiseSchedule, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
+    t: torch.Tensor, step: int, step_next: int, eta: float, noise: Noise,
+) -> torch.Tensor:
+    """sigma = eta * sqrt((1 - abar_t / abar_next) (1 - abar_next) / (1 - abar_t)),
+    x_next = sqrt(abar_next) x0_hat + sqrt(1 - abar_next - sigma^2) eps_hat + sigma z; x0_hat at the end."""
+    if step_next < 0:
+        return x0
+    ac = schedule.alphas_cumprod
+    a, a_next = ac[step].item(), ac[step_next].item()  # float64 scalars
+    sigma = eta * ((1 - a / a_next) * (1 - a_next) / (1 - a)) ** 0.5
+    c = max(1 - a_next - sigma**2, 0.0) ** 0.5
+    x = a_next**0.5 * x0 + c * eps
+    return x + sigma * noise() if sigma > 0 else x
+
+
+_UPDATES = {"ddpm": _ddpm_update, "ddim": _ddim_update}
+
+
+@torch.no_grad()
+def sample(
+    model: Model,
     shape: Sequence[int],
-    generators: Sequence[int | torch.Generator] | None,
-    device: torch.device | str | None,
-    schedule: NoiseSchedule | None,
-) -> tuple[NoiseSchedule, list[torch.Generator] | None, torch.device]:
+    sampler: Sampler,
+    *,
+    cond: torch.Tensor | None = None,
+    generators: Sequence[int | torch.Generator] | None = None,
+    schedule: NoiseSchedule | None = None,
+    clip: bool = True,
+    guidance: float = 0.0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Draw ``shape`` = ``[B, C, L]`` latents with ``sampler``: one loop for every sampler."""
     if len(shape) < 2:
         raise ValueError(f"shape must be [B, ...], got {list(shape)}")
+    schedule = schedule or NoiseSchedule()
+    pairs = sampler.timesteps(schedule.num_timesteps)
     gens = make_generators(generators) if generators is not None else None
-    return schedule or NoiseSchedule(), gens, torch.device(device or "cpu")
+    device = torch.device(device or "cpu")
+    update = _UPDATES[sampler.name]
 
+    def noise() -> torch.Tensor:
+        return per_sample_randn(shape, gens, device, dtype)
 
-@torch.no_grad()
-def ddpm_sample(
-    model: Model,
-    shape: Sequence[int],
-    *,
-    cond: torch.Tensor | None = None,
-    generators: Sequence[int | torch.Generator] | None = None,
-    schedule: NoiseSchedule | None = None,
-    clip: bool = True,
-    guidance: float = 0.0,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-    progress: bool = False,
-    callback: Callback | None = None,
-) -> torch.Tensor:
-    """Ancestral sampling over all T steps: x_{t-1} ~ q(x_{t-1} | x_t, clip(x0_hat)); no noise at t = 0."""
-    schedule, gens, device = _setup(shape, generators, device, schedule)
-    x = per_sample_randn(shape, gens, device, dtype)  # b c l
-    n = schedule.num_timesteps
-    with Progress(n, "ddpm sampling") if progress else _NoProgress() as bar:
-        for i, step in enumerate(reversed(range(n))):
-            t = torch.full((shape[0],), step, device=device, dtype=torch.long)
-            x0 = schedule.predict_x0(x, t, _predict_eps(model, x, t, cond, guidance))
-            if clip:
-                x0 = x0.clamp(-1.0, 1.0)
-            mean, log_var = schedule.q_posterior(x0, x, t)
-            x = mean + (0.5 * log_var).exp() * per_sample_randn(shape, gens, device, dtype) if step > 0 else mean
-            bar.update(1)
-            if callback is not None:
-                callback(i, n, x)
-    return x
-
-
-@torch.no_grad()
-def ddim_sample(
-    model: Model,
-    shape: Sequence[int],
-    *,
-    steps: int = 100,
-    eta: float = 1.0,
-    cond: torch.Tensor | None = None,
-    generators: Sequence[int | torch.Generator] | None = None,
-    schedule: NoiseSchedule | None = None,
-    clip: bool = True,
-    guidance: float = 0.0,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-    progress: bool = False,
-    callback: Callback | None = None,
-) -> torch.Tensor:
-    """DDIM (Song et al.) on PVDM's time pairs; the last step returns the clipped x0 prediction.
-
-    sigma = eta * sqrt((1 - abar_t / abar_next) (1 - abar_next) / (1 - abar_t)),
-    x_next = sqrt(abar_next) x0_hat + sqrt(1 - abar_next - sigma^2) eps_hat + sigma z.
-    """
-    schedule, gens, device = _setup(shape, generators, device, schedule)
-    pairs = ddim_timesteps(steps, schedule.num_timesteps)
-    ac = schedule.alphas_cumprod
-    x = per_sample_randn(shape, gens, device, dtype)  # b c l
-    with Progress(len(pairs), "ddim sampling") if progress else _NoProgress() as bar:
+    x = noise()  # b c l
+    with Progress(len(pairs), f"{sampler.name} sampling") if progress else _NoProgress() as bar:
         for i, (step, step_next) in enumerate(pairs):
             t = torch.full((shape[0],), step, device=device, dtype=torch.long)
             eps = _predict_eps(model, x, t, cond, guidance)
             x0 = schedule.predict_x0(x, t, eps)
             if clip:
                 x0 = x0.clamp(-1.0, 1.0)
-            if step_next < 0:
-                x = x0
-            else:
-                a, a_next = ac[step].item(), ac[step_next].item()  # float64 scalars
-                sigma = eta * ((1 - a / a_next) * (1 - a_next) / (1 - a)) ** 0.5
-                c = max(1 - a_next - sigma**2, 0.0) ** 0.5
-                x = a_next**0.5 * x0 + c * eps
-                if sigma > 0:
-                    x = x + sigma * per_sample_randn(shape, gens, device, dtype)
+            x = update(schedule, x, x0, eps, t, step, step_next, sampler.eta, noise)
             bar.update(1)
             if callback is not None:
                 callback(i, len(pairs), x)
     return x
 
 
-def sample(
-    model: Model,
-    shape: Sequence[int],
-    *,
-    steps: int = 1000,
-    eta: float = 1.0,
-    schedule: NoiseSchedule | None = None,
-    **kwargs,
-) -> torch.Tensor:
-    """The original's dispatch: steps == T -> ancestral DDPM (eta unused); steps < T -> DDIM."""
-    schedule = schedule or NoiseSchedule()
-    if steps == schedule.num_timesteps:
-        return ddpm_sample(model, shape, schedule=schedule, **kwargs)
-    return ddim_sample(model, shape, steps=steps, eta=eta, schedule=schedule, **kwargs)
+def ddpm_sample(model: Model, shape: Sequence[int], **kwargs: Any) -> torch.Tensor:
+    """Ancestral sampling over all T steps (``sample`` with ``Sampler("ddpm", T)``)."""
+    schedule = kwargs.get("schedule") or NoiseSchedule()
+    return sample(model, shape, Sampler("ddpm", schedule.num_timesteps), **kwargs)
+
+
+def ddim_sample(model: Model, shape: Sequence[int], *, steps: int = 100, eta: float = 1.0, **kwargs: Any) -> torch.Tensor:
+    """DDIM (Song et al.) on PVDM's time pairs (``sample`` with ``Sampler("ddim", steps, eta)``)."""
+    return sample(model, shape, Sampler("ddim", steps, eta), **kwargs)
 
 
 def sample_long(
     model: Model,
     n_clips: int,
     shape: Sequence[int],
+    sampler: Sampler,
     *,
     first_cond: torch.Tensor | None = None,
     generators: Sequence[int | torch.Generator] | None = None,
@@ -182,7 +198,7 @@ def sample_long(
     clip k > 1 conditioned on the generated clean latent of clip k - 1 (PVDM's 128-frame scheme).
 
     Each sample's generator continues across clips. Returns ``[n_clips, B, C, L]``; decode every
-    clip on its own and concatenate the frames. ``kwargs`` go to ``sample`` (steps, eta, ...).
+    clip on its own and concatenate the frames. ``kwargs`` go to ``sample`` (device, guidance, ...).
     """
     if n_clips < 1:
         raise ValueError(f"n_clips must be >= 1, got {n_clips}")
@@ -190,7 +206,7 @@ def sample_long(
     clips, cond = [], first_cond
     with Progress(n_clips, "long video clips") if progress else _NoProgress() as bar:
         for _ in range(n_clips):
-            z = sample(model, shape, cond=cond, generators=gens, **kwargs)  # b c l
+            z = sample(model, shape, sampler, cond=cond, generators=gens, **kwargs)  # b c l
             clips.append(z)
             cond = z
             bar.update(1)

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
+from pvdm.cli_options import add_options
 from pvdm.data.store import ClipStore
-from pvdm.utils.io import atomic_write_json, sha256_file
+from pvdm.utils.io import sha256_file
 
 log = logging.getLogger("pvdm.fvd")
 
@@ -46,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="generated videos: a clip store folder (e.g. results/<exp>/samples/clips16/clips) or .npy",
     )
-    p.add_argument("--out", required=True, type=Path, help="metric JSON to write (atomically)")
+    add_options(p, out="metric JSON to write (atomically)")
     p.add_argument(
         "--num-videos",
         type=int,
@@ -108,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="cache I3D features here, keyed by a hash of the protocol and the input file sha256 "
         "(default: no cache)",
     )
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_options(p, device="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=None, help="clips per I3D forward (default: automatic)")
     p.add_argument("--dataset", default=None, help="dataset name for the protocol card")
     p.add_argument("--split", default=None, help="dataset split for the protocol card")
@@ -121,82 +116,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_convert(sub)
 
 
-class OneClipPerVideo:
-    """A clip store seen as ``[videos, T, H, W, 3]``: one stored clip per source video (a seeded
-    choice when the store keeps several), read lazily from the memory map."""
+def run_fvd(args: argparse.Namespace) -> None:
+    from pvdm.eval.fvd import fvd_files
 
-    def __init__(self, store: ClipStore, seed: int = 0):
-        self.store = store
-        rng = np.random.default_rng([seed, 7])
-        # Clips grouped by video (ascending video id, clips in store order), one seeded pick each.
-        order = np.argsort(store.index[:, 0], kind="stable")
-        groups = np.split(order, np.flatnonzero(np.diff(store.index[order, 0])) + 1)
-        self.rows = np.array([rng.choice(g) for g in groups], dtype=np.int64)
-        self.dtype, self.ndim = np.dtype(np.uint8), 5
-        self.shape = (len(self.rows), *store.shape[1:])
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, key: tuple[int, slice]) -> np.ndarray:
-        i, frames = key
-        return np.asarray(self.store.clips[self.rows[i], frames])
-
-
-def store_fingerprint(store: ClipStore) -> str:
-    """Identifies a store's content for feature caching without hashing gigabytes of pixels:
-    its metadata, index and source list, plus the first and last MiB of the pixels."""
-    h = hashlib.sha256()
-    for name in ("store.json", "index.npy", "videos.json"):
-        h.update((store.path / name).read_bytes())
-    with open(store.path / "clips.u8", "rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, store.clips.size - (1 << 20)))
-        h.update(f.read())
-    return h.hexdigest()
-
-
-def _load_videos(path: Path, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
-    """A ``.npy`` file of uint8 videos or a clip store folder (one clip per video)."""
-    if path.is_dir():
-        store = ClipStore(path)
-        return OneClipPerVideo(store, seed), {
-            "path": str(path),
-            "store_fingerprint": store_fingerprint(store),
-        }
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file or clip store")
-    videos = np.load(path, mmap_mode="r", allow_pickle=False)
-    if videos.dtype != np.uint8 or videos.ndim != 5:
-        raise ValueError(f"{path}: expected uint8 videos [N, L, H, W, 3], got {videos.dtype} {videos.shape}")
-    return videos, {"path": str(path), "sha256": sha256_file(path)}
-
-
-def fvd_files(real: Path, fake: Path, out: Path, **kwargs: Any) -> dict[str, Any]:
-    """Plain-Python entry point: FVD of two .npy files, metric JSON written atomically to ``out``."""
-    from pvdm.eval.fvd import evaluate_fvd
-
-    t0 = time.monotonic()
-    real_videos, real_source = _load_videos(Path(real), kwargs.get("seed", 0))
-    fake_videos, fake_source = _load_videos(Path(fake), kwargs.get("seed", 0))
-    metric = evaluate_fvd(
-        real_videos, fake_videos, real_source=real_source, fake_source=fake_source, **kwargs
-    )
-    metric["seconds"] = round(time.monotonic() - t0, 2)
-    atomic_write_json(out, metric)
-    lo_hi = metric["interval95"]
-    log.info(
-        "%s = %.3f%s -> %s",
-        metric["metric"],
-        metric["value"],
-        f" (95% bootstrap [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}])" if lo_hi else "",
-        out,
-    )
-    return metric
-
-
-def run_fvd(args: argparse.Namespace) -> dict[str, Any]:
-    return fvd_files(
+    fvd_files(
         args.real,
         args.fake,
         args.out,
@@ -228,83 +151,31 @@ def register_recon(sub: argparse._SubParsersAction) -> None:
         "the clips and their reconstructions). The original PVDM computed its 'test' numbers on the training "
         "loader; the default here is the held-out split.",
     )
-    p.add_argument(
-        "--autoencoder", required=True, type=Path, help="checkpoint (this project's or the original's)"
-    )
-    p.add_argument("--data", required=True, type=Path, help="the data stage's folder (results/<exp>/data)")
+    add_options(p, "autoencoder", "data", "device", out="metric JSON")
     p.add_argument("--split", default="test", help="store to evaluate: test (default) or train")
     p.add_argument("--num-videos", type=int, default=2048, help="clips to reconstruct (default %(default)s)")
     p.add_argument("--no-rfvd", action="store_true", help="skip R-FVD (no I3D pass)")
     p.add_argument("--bootstrap", type=int, default=100, help="bootstrap rounds for R-FVD's interval")
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", required=True, type=Path, help="metric JSON")
     p.set_defaults(func=run_recon)
 
 
-def run_recon(args: argparse.Namespace) -> dict[str, Any]:
+def run_recon(args: argparse.Namespace) -> None:
     import torch
 
-    from pvdm.checkpoints import load_autoencoder
-    from pvdm.eval.autoencoder import recon_metrics, reconstruct
-    from pvdm.eval.fvd import code_version, default_device, evaluate_fvd
+    from pvdm.eval.autoencoder import evaluate_recon
+    from pvdm.utils.device import default_device
 
     device = torch.device(args.device) if args.device else default_device()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    model = load_autoencoder(args.autoencoder, map_location=device)
     store = ClipStore(args.data / args.split)
-    frames, n = model.cfg.frames, min(args.num_videos, len(store))
-    metrics: dict[str, Any] = recon_metrics(model, store, n, frames, device=device)
-    metrics["rfvd"] = None
-    if not args.no_rfvd:
-        # Reconstructions go to a scratch memory map beside the output (they can exceed RAM at 256px).
-        with tempfile.TemporaryDirectory(dir=args.out.parent, prefix=".recon-") as scratch:
-            shape = (n, frames, *store.shape[2:])
-            recon = np.lib.format.open_memmap(
-                Path(scratch) / "recon.npy", mode="w+", dtype=np.uint8, shape=shape
-            )
-            done = 0
-            for _, rec in reconstruct(model, store, n, frames, device=device):
-                recon[done : done + len(rec)] = rec
-                done += len(rec)
-            metrics["rfvd"] = evaluate_fvd(
-                store.clips,
-                recon,
-                num_videos=n,
-                frames=frames,
-                selector="first_n_from_start",
-                bootstrap_rounds=args.bootstrap,
-                device=device,
-                dataset=store.info.get("dataset"),
-                split=args.split,
-            )
-            del recon
-    metrics.update(
-        split=args.split,
-        protocol={
-            "what": "reconstruction of held-out clips"
-            if args.split == "test"
-            else f"reconstruction ({args.split})",
-            "checkpoint": str(args.autoencoder),
-            "checkpoint_sha256": sha256_file(args.autoencoder),
-            "dataset": store.info.get("dataset"),
-            "num_videos": n,
-            "frames": frames,
-            "resolution": [store.resolution, store.resolution],
-            "psnr": "uint8 scale, per video, averaged",
-            "ssim": "Gaussian 11x11 sigma 1.5, per frame, averaged",
-            "lpips_net": "vgg (every frame)",
-            "code_version": code_version(),
-        },
+    record = evaluate_recon(
+        args.autoencoder, store, args.split, args.num_videos, device, rfvd=not args.no_rfvd,
+        bootstrap=args.bootstrap, scratch_dir=args.out.parent,
     )
-    atomic_write_json(args.out, metrics)
+    record.write(args.out)
     log.info(
-        "recon: PSNR %.2f dB, SSIM %.4f, LPIPS %.4f%s",
-        metrics["psnr"],
-        metrics["ssim"],
-        metrics["lpips"],
-        f", R-FVD {metrics['rfvd']['value']:.2f}" if metrics["rfvd"] else "",
+        "recon: PSNR %.2f dB, SSIM %.4f, LPIPS %.4f%s", record.psnr, record.ssim, record.lpips,
+        f", R-FVD {record.rfvd.value:.2f}" if record.rfvd else "",
     )
-    return metrics
 
 
 def register_convert(sub: argparse._SubParsersAction) -> None:

@@ -12,10 +12,12 @@ seeded random choice of videos. Fake clips: the first T frames of each generated
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import subprocess
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -27,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 import pvdm
+from pvdm.eval.records import FVDRecord, RealFloor
+from pvdm.utils.device import default_device
 from pvdm.utils.io import atomic_path
 from pvdm.utils.progress import Progress
 
@@ -127,10 +131,6 @@ def preprocess(clips: torch.Tensor, resize_mode: str = "bilinear") -> torch.Tens
     else:
         x = _resize_tf_legacy(x, I3D_SIZE)
     return x.reshape(n, t, 3, I3D_SIZE, I3D_SIZE).permute(0, 2, 1, 3, 4).contiguous()  # n 3 t 224 224
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def auto_batch_size(frames: int, device: torch.device) -> int:
@@ -477,11 +477,11 @@ def evaluate_fvd(
     split: str | None = None,
     sampler: dict[str, Any] | str | None = None,
     ema: bool | None = None,
-) -> dict[str, Any]:
+) -> FVDRecord:
     """FVD of uint8 videos ``[N, L, H, W, 3]`` (memory-mapped is fine) under the StyleGAN-V protocol.
 
     Picks ``num_videos`` real clips with ``selector`` and fake clips with ``fake_selector`` (``frames``
-    frames each), embeds them with I3D and returns the metric dict: value (sqrtm) and its eigenvalue
+    frames each), embeds them with I3D and returns the record: value (sqrtm) and its eigenvalue
     cross-check, the bootstrap interval, the real-vs-real floor (two disjoint halves of the real set unless
     ``floor_videos`` is given) and the protocol card. ``real_source``/``fake_source`` identify the inputs
     (e.g. path + sha256) and are needed for feature caching in ``cache_dir``.
@@ -561,12 +561,12 @@ def evaluate_fvd(
     floor_n = floor_videos if floor_videos is not None else len(real_f) // 2
     floor = None
     if floor_n >= 2:
-        floor = {
-            "value": real_floor(real_f, floor_n, seed, unbiased),
-            "n": floor_n,
-            "seed": seed,
-            "note": "FVD between two disjoint random subsets of the selected real clips",
-        }
+        floor = RealFloor(
+            value=real_floor(real_f, floor_n, seed, unbiased),
+            n=floor_n,
+            seed=seed,
+            note="FVD between two disjoint random subsets of the selected real clips",
+        )
     card = protocol_card(
         dataset=dataset,
         split=split,
@@ -587,12 +587,44 @@ def evaluate_fvd(
             "fake_source": fake_source,
         },
     )
-    return {
-        "metric": card["metric"],
-        "value": values["sqrtm"],
-        "value_eig": values["eig"],
-        "interval95": interval,
-        "bootstrap": {"rounds": bootstrap_rounds, "seed": seed, "method": "percentile, both sets resampled"},
-        "real_floor": floor,
-        "protocol": card,
-    }
+    return FVDRecord(
+        metric=card["metric"],
+        value=values["sqrtm"],
+        value_eig=values["eig"],
+        interval95=tuple(interval) if interval is not None else None,
+        bootstrap={"rounds": bootstrap_rounds, "seed": seed, "method": "percentile, both sets resampled"},
+        real_floor=floor,
+        protocol=card,
+    )
+
+
+def fvd_files(real: str | Path, fake: str | Path, out: str | Path, **kwargs: Any) -> FVDRecord:
+    """FVD of two video sets on disk (clip stores or ``.npy``), written atomically to ``out``.
+
+    When the fake set is a sampled clip store, its sampler card supplies the sampler and EMA entries
+    of the protocol card unless they are given.
+    """
+    from pvdm.eval.videos import load_videos
+
+    t0 = time.monotonic()
+    seed = kwargs.get("seed", 0)
+    real_videos, real_source = load_videos(Path(real), seed)
+    fake_videos, fake_source = load_videos(Path(fake), seed)
+    sampler_card = getattr(getattr(fake_videos, "store", None), "info", {}).get("sampler_card")
+    if sampler_card is not None:
+        if kwargs.get("sampler") is None:
+            kwargs["sampler"] = sampler_card.get("sampler_label", sampler_card.get("sampler"))
+        if kwargs.get("ema") is None:
+            kwargs["ema"] = sampler_card.get("ema")
+    record = evaluate_fvd(real_videos, fake_videos, real_source=real_source, fake_source=fake_source, **kwargs)
+    record = dataclasses.replace(record, seconds=round(time.monotonic() - t0, 2))
+    record.write(out)
+    lo_hi = record.interval95
+    log.info(
+        "%s = %.3f%s -> %s",
+        record.metric,
+        record.value,
+        f" (95% bootstrap [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}])" if lo_hi else "",
+        out,
+    )
+    return record

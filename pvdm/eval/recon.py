@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-from pvdm.eval.fvd import compute_features, default_device, fvd_from_features
-from pvdm.eval.i3d import load_i3d
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -102,18 +98,3 @@ def lpips_video(x: torch.Tensor, y: torch.Tensor, net: str = "vgg", batch_frames
             ]
         )
     return d.reshape(b, t).mean(dim=1)
-
-
-def rfvd(real: np.ndarray, recon: np.ndarray, unbiased: bool = False, **feature_kwargs) -> float:
-    """Reconstruction FVD between uint8 clips ``[N, T, H, W, 3]`` and their reconstructions (same layout).
-
-    Quantise float reconstructions with ``pvdm.eval.fvd.quantize_uint8`` first. ``feature_kwargs`` go to
-    ``compute_features`` (model, device, batch_size, resize_mode).
-    """
-    if real.shape[1:] != recon.shape[1:] or len(real) != len(recon):
-        raise ValueError(f"real and reconstructed clips differ in shape: {real.shape} vs {recon.shape}")
-    device = torch.device(feature_kwargs.pop("device", None) or default_device())
-    model = feature_kwargs.pop("model", None) or load_i3d(device)  # load once for both sets
-    real_f = compute_features(real, model=model, device=device, desc="I3D real", **feature_kwargs)
-    recon_f = compute_features(recon, model=model, device=device, desc="I3D recon", **feature_kwargs)
-    return fvd_from_features(real_f, recon_f, unbiased=unbiased)

@@ -98,10 +98,11 @@ class AutoencoderLoss(nn.Module):
         fm_weight: float = 4.0,
         adaptive_gan_weight: bool = False,
         lpips_net: str = "vgg",
-        disc_ndf: int = 64,
+        disc_ndf: int | None = 64,
         disc_layers: int = 3,
         sync_bn: bool = False,
     ):
+        """``disc_ndf=None`` builds no discriminators (stage 1 trains without a GAN term)."""
         super().__init__()
         self.l1_weight = l1_weight
         # Not in the original (0 by default). On sparse data (Moving MNIST is mostly black) the L1
@@ -113,8 +114,10 @@ class AutoencoderLoss(nn.Module):
         self.fm_weight = fm_weight
         self.adaptive_gan_weight = adaptive_gan_weight
         self.lpips = LPIPS(lpips_net) if lpips_weight > 0 else None
-        self.discriminator_2d = NLayerDiscriminator(3, disc_ndf, disc_layers, sync_bn)
-        self.discriminator_3d = NLayerDiscriminator3D(3, disc_ndf, disc_layers, sync_bn)
+        self.discriminator_2d = self.discriminator_3d = None
+        if disc_ndf is not None:
+            self.discriminator_2d = NLayerDiscriminator(3, disc_ndf, disc_layers, sync_bn)
+            self.discriminator_3d = NLayerDiscriminator3D(3, disc_ndf, disc_layers, sync_bn)
 
     def generator_loss(
         self,
@@ -134,6 +137,8 @@ class AutoencoderLoss(nn.Module):
         rec = self.l1_weight * l1 + self.mse_weight * mse + self.lpips_weight * p
         g, fm, w_gan = zero, zero, zero
         if gan_active:
+            if self.discriminator_2d is None:
+                raise ValueError("gan_active=True needs discriminators (disc_ndf is None)")
             with torch.no_grad():  # real features are only used detached
                 real_2d = self.discriminator_2d(x2d)
                 real_3d = self.discriminator_3d(x)

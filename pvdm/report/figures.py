@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pvdm.report.table import read_fvd_metric
+from pvdm.eval.records import FVDRecord
 from pvdm.utils.io import atomic_path
 
 SKIP_KEYS = ("step", "time")
@@ -178,18 +178,18 @@ def plot_sample_strip(videos: np.ndarray, out: str | os.PathLike, num_videos: in
 # FVD across checkpoints
 
 
-def metric_step(metric: dict[str, Any], path: str | os.PathLike) -> int:
-    """Training step of the checkpoint an FVD file evaluates: from the file, its card, or its name."""
-    for d in (metric, metric.get("protocol") or {}):
-        for key in ("step", "train_step", "checkpoint_step"):
-            if isinstance(d.get(key), int) and not isinstance(d.get(key), bool):
-                return d[key]
+def metric_step(metric: FVDRecord, path: str | os.PathLike) -> int:
+    """Training step of the checkpoint an FVD file evaluates: from its protocol card, or its name."""
+    for key in ("step", "train_step", "checkpoint_step"):
+        v = metric.protocol.get(key)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
     path = Path(path)
     for name in (path.stem, path.parent.name):
         found = STEP_PATTERN.findall(name)
         if found:
             return int(found[-1])
-    raise ValueError(f"{path}: no training step in the file ('step' or protocol.step) or its name "
+    raise ValueError(f"{path}: no training step in its protocol card (protocol.step) or its name "
                      f"(e.g. fvd16_step050000.json)")
 
 
@@ -198,26 +198,26 @@ def plot_fvd_checkpoints(metric_files: Sequence[str | os.PathLike], out: str | o
     """FVD vs training step, one line per metric (fvd16 / fvd128 ...), interval as error bars, floor dashed."""
     if len(metric_files) < 1:
         raise ValueError("no metric files given")
-    series: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    series: dict[str, list[tuple[int, FVDRecord]]] = {}
     for path in metric_files:
-        m = read_fvd_metric(path)
-        frames = m["protocol"].get("frames")
-        name = f"FVD{frames}" if frames else str(m.get("metric", "FVD"))
+        m = FVDRecord.read(path)
+        frames = m.protocol.get("frames")
+        name = f"FVD{frames}" if frames else m.metric
         series.setdefault(name, []).append((metric_step(m, path), m))
     fig = _figure((7, 4))
     ax = fig.subplots()
     for i, (name, pts) in enumerate(sorted(series.items(), key=lambda kv: (len(kv[0]), kv[0]))):  # FVD16 first
         pts.sort(key=lambda p: p[0])
         steps = np.array([s for s, _ in pts])
-        values = np.array([m["value"] for _, m in pts])
+        values = np.array([m.value for _, m in pts])
         color = f"C{i}"
-        ivs = [m.get("interval95") for _, m in pts]
+        ivs = [m.interval95 for _, m in pts]
         if all(iv is not None for iv in ivs):
             err = np.abs(np.array([[v - iv[0], iv[1] - v] for v, iv in zip(values, ivs, strict=True)]).T)
             ax.errorbar(steps, values, yerr=err, fmt="o-", color=color, capsize=3, label=f"{name} (95% CI)")
         else:
             ax.plot(steps, values, "o-", color=color, label=name)
-        floors = [m["real_floor"]["value"] for _, m in pts if m.get("real_floor")]
+        floors = [m.real_floor.value for _, m in pts if m.real_floor is not None]
         if floors:
             ax.axhline(float(np.mean(floors)), ls="--", lw=1, color=color, label=f"{name} real-vs-real floor")
     if logy:

@@ -26,21 +26,23 @@ from typing import Any
 
 import yaml
 
+from pvdm.eval.records import read_json_object
+from pvdm.plan import TABLE_FILES, Layout
+from pvdm.plan import Plan as ExperimentsPlan
 from pvdm.utils.io import atomic_write_text
 
 log = logging.getLogger("pvdm.report.publish")
 
 CATEGORIES = ("raw", "checkpoints", "metrics", "table", "plots")
-TABLE_FILES = tuple(f"results/paper/table1.{ext}" for ext in ("md", "csv", "tex", "json"))
-TABLE_METRICS = "results/paper/table1.json"  # `cache: false` in dvc.yaml: git holds it, for `dvc metrics diff`
+TABLE_METRICS = f"{Layout.table}.json"  # `cache: false` in dvc.yaml: git holds it, for `dvc metrics diff`
 PAPER_STAGE = "paper"
-PLOTS_DIR = "results/paper/plots"
+PLOTS_DIR = f"{Layout.paper}/plots"
 
-# Loss curves for `dvc plots`: (CSV name part, log under results/<exp>/, loss key of that log).
+# Loss curves for `dvc plots`: (CSV name part, training log, loss key of that log).
 LOSS_LOGS = (
-    ("autoencoder_stage1", "autoencoder/stage1/log.jsonl", "g/total"),
-    ("autoencoder_gan", "autoencoder/gan/log.jsonl", "g/total"),
-    ("diffusion", "diffusion/log.jsonl", "loss"),
+    ("autoencoder_stage1", f"{Layout.stage1}/log.jsonl", "g/total"),
+    ("autoencoder_gan", f"{Layout.gan}/log.jsonl", "g/total"),
+    ("diffusion", f"{Layout.diffusion}/log.jsonl", "loss"),
 )
 
 
@@ -49,7 +51,7 @@ class DvcError(RuntimeError):
 
 
 @dataclass
-class Plan:
+class PublishPlan:
     """What one `pvdm publish` does: `dvc add` these paths, `dvc commit` the paper stage or not."""
 
     add: list[str] = field(default_factory=list)
@@ -111,48 +113,22 @@ def check_dvc_repo(root: Path) -> None:
 
 def selected_experiments(cfg: dict[str, Any], names: Sequence[str] | None = None) -> list[str]:
     """The experiments the default Snakemake target builds (config `targets`, else all), or ``names``."""
-    known = list(cfg["experiments"])
-    if names:
-        for name in names:
-            if name not in known:
-                raise ValueError(f"experiment {name!r} is not in the config (have: {', '.join(sorted(known))})")
-        return list(names)
-    return list(cfg.get("targets") or known)
-
-
-def checkpoint_paths(exp: str, cfg: dict[str, Any]) -> list[str]:
-    """The checkpoints a reader needs to sample again without training (the ones the `sample` rule reads):
-    the GAN-tuned autoencoder and the diffusion U-Net (EMA or raw, per sampling.ema; plus the untrained
-    initialisation when the untrained baseline is sampled), or the imported released files."""
-    base = f"results/{exp}"
-    if "released" in cfg:
-        return [f"{base}/released/autoencoder.pt", f"{base}/released/diffusion.pt"]
-    paths = []
-    if "gan" in cfg.get("autoencoder", {}):
-        paths.append(f"{base}/autoencoder/gan/model.pt")
-    if "diffusion" in cfg:
-        sampling = cfg.get("sampling", {})
-        paths.append(f"{base}/diffusion/{'ema' if sampling.get('ema', True) else 'model'}.pt")
-        if sampling.get("untrained_baseline", False):
-            paths.append(f"{base}/diffusion/untrained.pt")
-    return paths
+    plan = ExperimentsPlan(cfg)
+    for name in names or []:
+        if name not in plan.experiments:
+            raise ValueError(f"experiment {name!r} is not in the config (have: {', '.join(sorted(plan.experiments))})")
+    return list(names) if names else plan.selected
 
 
 def metric_paths(exp: str, root: Path) -> list[str]:
-    """Metric JSONs of one experiment (results/<exp>/metrics/*.json), each checked to be a JSON object."""
-    folder = root / "results" / exp / "metrics"
+    """Metric JSONs of one experiment (the files in its metrics folder), each checked to be a JSON object."""
+    folder = root / Layout.metrics.format(exp=exp)
     found = sorted(folder.glob("*.json"))
     if not found:
         raise FileNotFoundError(f"{folder.relative_to(root)}/: no metric JSON files; run "
-                                "`snakemake --cores all results/paper/table1.md` first")
+                                f"`snakemake --cores all {Layout.table}.md` first")
     for path in found:
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path.relative_to(root)}: not valid JSON ({e}); rerun the job that wrote it") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path.relative_to(root)}: expected a JSON object, got {type(data).__name__}")
+        read_json_object(path)
     return [str(p.relative_to(root)) for p in found]
 
 
@@ -160,7 +136,7 @@ def raw_paths(exps: Sequence[str], cfg: dict[str, Any], root: Path) -> list[str]
     """results/raw/<dataset> of the experiments' datasets, where present (Moving MNIST has none)."""
     paths = []
     for exp in exps:
-        path = f"results/raw/{cfg['experiments'][exp]['data']['dataset']}"
+        path = Layout.raw.format(dataset=cfg["experiments"][exp]["data"]["dataset"])
         if (root / path).is_dir() and path not in paths:
             paths.append(path)
     return paths
@@ -182,15 +158,16 @@ def paper_stage_outputs(root: Path) -> set[str]:
 
 
 def plan_publish(root: Path, cfg: dict[str, Any], exps: Sequence[str], categories: Iterable[str],
-                 explicit: bool = True) -> Plan:
+                 explicit: bool = True) -> PublishPlan:
     """Decide what to publish. A category asked for explicitly must find its files; in the default
     (everything) mode raw data and loss logs are published only when present."""
     categories = set(categories)
     unknown = categories - set(CATEGORIES)
     if unknown:
         raise ValueError(f"unknown categories {sorted(unknown)} (have: {', '.join(CATEGORIES)})")
-    plan = Plan()
+    plan = PublishPlan()
     missing: list[str] = []
+    exp_plans = ExperimentsPlan(cfg).experiments
     exp_cfgs = {exp: cfg["experiments"][exp] for exp in exps}
     if "raw" in categories:
         raw = raw_paths(exps, cfg, root)
@@ -200,8 +177,8 @@ def plan_publish(root: Path, cfg: dict[str, Any], exps: Sequence[str], categorie
                                     "exists (Moving MNIST is generated; a user-given data.root is not published)")
         plan.add += raw
     if "checkpoints" in categories:
-        for exp, c in exp_cfgs.items():
-            for path in checkpoint_paths(exp, c):
+        for exp in exps:
+            for path in exp_plans[exp].checkpoints_to_publish():
                 (plan.add if (root / path).is_file() else missing).append(path)
     if "metrics" in categories:
         evaluated = [exp for exp, c in exp_cfgs.items() if "eval" in c]
@@ -223,8 +200,8 @@ def plan_publish(root: Path, cfg: dict[str, Any], exps: Sequence[str], categorie
                                 "publish (--metrics-only, --checkpoints, --raw, --table, --plots)")
     if "plots" in categories:
         for exp in exps:
-            for name, rel, key in LOSS_LOGS:
-                log_path = f"results/{exp}/{rel}"
+            for name, template, key in LOSS_LOGS:
+                log_path = template.format(exp=exp)
                 if (root / log_path).is_file():
                     plan.plots.append((log_path, key, f"{PLOTS_DIR}/{exp}_{name}_loss.csv"))
         if explicit and not plan.plots:
@@ -376,7 +353,8 @@ def pull_metrics(root: Path, cfg: dict[str, Any], exps: Sequence[str], remote: s
     evaluated = [exp for exp in exps if "eval" in cfg["experiments"][exp]]
     pointers = []
     for exp in evaluated:
-        pointers += sorted(str(p.relative_to(root)) for p in (root / "results" / exp / "metrics").glob("*.json.dvc"))
+        folder = root / Layout.metrics.format(exp=exp)
+        pointers += sorted(str(p.relative_to(root)) for p in folder.glob("*.json.dvc"))
     if not pointers:
         raise FileNotFoundError(f"no metric pointers results/<exp>/metrics/*.json.dvc for {', '.join(exps)}: "
                                 "publish them with `pvdm publish --metrics-only --push` and commit the .dvc files")

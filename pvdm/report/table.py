@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from pvdm.eval.records import FVDRecord, ReconRecord
 from pvdm.utils.io import atomic_write_json, atomic_write_text
 
 KINDS = ("ours", "released", "untrained", "real_floor")
@@ -101,7 +102,12 @@ def parse_rows(rows: Any, source: str = "rows") -> list[Row]:
 
 
 def load_rows(path: str | os.PathLike) -> list[Row]:
-    return parse_rows(_read_json(path), str(path))
+    try:
+        with open(path) as f:
+            rows = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return parse_rows(rows, str(path))
 
 
 def load_reported(path: str | os.PathLike) -> pd.DataFrame:
@@ -134,67 +140,6 @@ def load_reported(path: str | os.PathLike) -> pd.DataFrame:
                          f"'{first['dataset']}', metric '{first['metric']}', split '{first['split']}'")
     df["value_f"] = df["value"].astype(float)
     return df
-
-
-def _read_json(path: str | os.PathLike) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a text file ({e})") from None
-
-
-def _number(d: dict[str, Any], key: str, where: str, optional: bool = False) -> float | None:
-    v = d.get(key)
-    if v is None and optional:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"{where}: '{key}' must be a finite number, got {v!r}")
-    return float(v)
-
-
-def check_fvd_metric(m: Any, where: str) -> dict[str, Any]:
-    """Validate an FVD metric dict as written by ``pvdm fvd`` (``pvdm.eval.fvd.evaluate_fvd``)."""
-    if not isinstance(m, dict):
-        raise ValueError(f"{where}: expected an FVD metric object, got {type(m).__name__}")
-    _number(m, "value", where)
-    iv = m.get("interval95")
-    if iv is not None and (not isinstance(iv, list) or len(iv) != 2
-                           or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in iv)):
-        raise ValueError(f"{where}: 'interval95' must be null or [lo, hi], got {iv!r}")
-    floor = m.get("real_floor")
-    if floor is not None:
-        if not isinstance(floor, dict):
-            raise ValueError(f"{where}: 'real_floor' must be null or an object, got {floor!r}")
-        _number(floor, "value", f"{where} real_floor")
-    if not isinstance(m.get("protocol"), dict):
-        raise ValueError(f"{where}: 'protocol' (the protocol card) must be an object, got {m.get('protocol')!r}")
-    return m
-
-
-def read_fvd_metric(path: str | os.PathLike) -> dict[str, Any]:
-    return check_fvd_metric(_read_json(path), str(path))
-
-
-def read_recon_metric(path: str | os.PathLike) -> dict[str, Any]:
-    """Validate recon.json: psnr, ssim, lpips (numbers), rfvd (FVD dict or null), num_videos, split, protocol."""
-    m = _read_json(path)
-    where = str(path)
-    if not isinstance(m, dict):
-        raise ValueError(f"{where}: expected a reconstruction metric object, got {type(m).__name__}")
-    for key in ("psnr", "ssim", "lpips"):
-        _number(m, key, where)
-    if m.get("rfvd") is not None:
-        check_fvd_metric(m["rfvd"], f"{where} rfvd")
-    if not isinstance(m.get("split"), str):
-        raise ValueError(f"{where}: 'split' must be a string, got {m.get('split')!r}")
-    if not isinstance(m.get("num_videos"), int) or isinstance(m.get("num_videos"), bool):
-        raise ValueError(f"{where}: 'num_videos' must be an integer, got {m.get('num_videos')!r}")
-    if not isinstance(m.get("protocol", {}), dict):
-        raise ValueError(f"{where}: 'protocol' must be an object, got {m.get('protocol')!r}")
-    return m
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -236,19 +181,19 @@ def _describe_code(cv: Any) -> str | None:
     return f"code {text}"
 
 
-def describe_fvd_protocol(metric: dict[str, Any], real_only: bool = False) -> str:
+def describe_fvd_protocol(metric: FVDRecord, real_only: bool = False) -> str:
     """One line that says what an FVD number means, from its metric dict and protocol card.
 
     ``real_only`` describes the real side alone (for the real-vs-real floor: no sampler, EMA or bootstrap).
     """
-    card = metric["protocol"]
+    card = metric.protocol
     parts = []
     head = " ".join(str(card[k]) for k in ("dataset", "split") if card.get(k))
     if head:
         parts.append(head + (" split" if card.get("split") else ""))
     if real_only:
-        floor = metric.get("real_floor") or {}
-        parts.append(f"2 x {floor.get('n', '?')} of N={card.get('num_real', '?')} real clips")
+        n = metric.real_floor.n if metric.real_floor is not None and metric.real_floor.n is not None else "?"
+        parts.append(f"2 x {n} of N={card.get('num_real', '?')} real clips")
     else:
         parts.append(f"N={card.get('num_real', '?')} real / {card.get('num_fake', '?')} fake")
     if card.get("frames") is not None:
@@ -273,8 +218,8 @@ def describe_fvd_protocol(metric: dict[str, Any], real_only: bool = False) -> st
         parts.append(f"sampler {describe_sampler(card['sampler'])}")
     if card.get("ema") is not None and not real_only:
         parts.append("EMA" if card["ema"] else "no EMA")
-    boot = metric.get("bootstrap")
-    if metric.get("interval95") is not None and isinstance(boot, dict) and boot.get("rounds") and not real_only:
+    boot = metric.bootstrap
+    if metric.interval95 is not None and isinstance(boot, dict) and boot.get("rounds") and not real_only:
         parts.append(f"95% bootstrap, {boot['rounds']} rounds")
     code = _describe_code(card.get("code_version"))
     if code:
@@ -282,10 +227,10 @@ def describe_fvd_protocol(metric: dict[str, Any], real_only: bool = False) -> st
     return ", ".join(parts)
 
 
-def describe_recon_protocol(m: dict[str, Any]) -> str:
+def describe_recon_protocol(m: ReconRecord) -> str:
     """PSNR/SSIM/LPIPS footnote: number of videos, split and the scalar entries of the recon protocol."""
-    parts = [f"reconstruction of {m['num_videos']} {m['split']} videos"]
-    proto = m.get("protocol") or {}
+    parts = [f"reconstruction of {m.num_videos} {m.split} videos"]
+    proto = m.protocol
     for k, v in proto.items():
         if k in ("code_version", "split", "num_videos") or v is None:
             continue
@@ -425,32 +370,32 @@ def _fill_fvd(cells: _RowCells, metric: str, paper: pd.Series | None, base_dir: 
         cells.put(metric, MISSING, notes.mark(f"{MISSING}: {path} not found (stage not run or failed)"))
         cells.status.append(f"{metric} missing")
         return
-    m = read_fvd_metric(_resolve(path, base_dir))
-    card, floor = m["protocol"], m.get("real_floor")
+    m = FVDRecord.read(_resolve(path, base_dir))
+    card, floor = m.protocol, m.real_floor
     cells.num[f"{metric}_num_real"], cells.num[f"{metric}_num_fake"] = card.get("num_real"), card.get("num_fake")
     if floor is not None:
-        cells.num[f"{metric}_floor"], cells.num[f"{metric}_floor_n"] = floor["value"], floor.get("n")
+        cells.num[f"{metric}_floor"], cells.num[f"{metric}_floor_n"] = floor.value, floor.n
     if row.kind == "real_floor":
         if floor is None:
             cells.put(metric, MISSING, notes.mark(f"{MISSING}: {path} has no real-vs-real floor"))
             cells.status.append(f"{metric} floor missing")
             return
-        cells.num[metric] = floor["value"]
-        n = floor.get("n")
+        cells.num[metric] = floor.value
+        n = floor.n
         text = "real-vs-real floor (FVD between two disjoint halves of the real clips): "
-        cells.put(metric, fmt_value(metric, floor["value"]) + (f" (n={n})" if n is not None else ""),
+        cells.put(metric, fmt_value(metric, floor.value) + (f" (n={n})" if n is not None else ""),
                   notes.mark(text + describe_fvd_protocol(m, real_only=True)))
         return
-    iv = m.get("interval95")
-    cells.num[metric] = m["value"]
+    iv = m.interval95
+    cells.num[metric] = m.value
     if iv is not None:
         cells.num[f"{metric}_lo"], cells.num[f"{metric}_hi"] = iv
     text = _with_warnings(describe_fvd_protocol(m), protocol_warnings(card, paper, row.dataset))
-    cells.put(metric, fmt_interval(metric, m["value"], iv), notes.mark(text))
+    cells.put(metric, fmt_interval(metric, m.value, iv), notes.mark(text))
 
 
 def _fill_recon(cells: _RowCells, papers: dict[str, pd.Series | None], base_dir: Path,
-                notes: _Footnotes) -> dict[str, Any] | None:
+                notes: _Footnotes) -> ReconRecord | None:
     """R-FVD, PSNR, SSIM, LPIPS of the autoencoder on held-out videos; returns the recon dict if read."""
     row = cells.row
     if row.recon is None or row.kind == "real_floor":
@@ -463,30 +408,31 @@ def _fill_recon(cells: _RowCells, papers: dict[str, pd.Series | None], base_dir:
             cells.put(metric, MISSING, mark)
         cells.status.append("recon missing")
         return None
-    recon = read_recon_metric(_resolve(row.recon, base_dir))
-    cells.num["recon_num_videos"] = recon["num_videos"]
-    rf = recon.get("rfvd")
+    recon = ReconRecord.read(_resolve(row.recon, base_dir))
+    cells.num["recon_num_videos"] = recon.num_videos
+    rf = recon.rfvd
     if rf is None:
         cells.put("rfvd", NOT_REQUESTED)
     else:
-        cells.num["rfvd"] = rf["value"]
-        if rf.get("interval95") is not None:
-            cells.num["rfvd_lo"], cells.num["rfvd_hi"] = rf["interval95"]
+        cells.num["rfvd"] = rf.value
+        if rf.interval95 is not None:
+            cells.num["rfvd_lo"], cells.num["rfvd_hi"] = rf.interval95
         text = "R-FVD (reconstructions vs their inputs): " + describe_fvd_protocol(rf)
-        text = _with_warnings(text, protocol_warnings(rf["protocol"], papers["rfvd"], row.dataset))
-        cells.put("rfvd", fmt_interval("rfvd", rf["value"], rf.get("interval95")), notes.mark(text))
-    warn = protocol_warnings(recon.get("protocol") or {}, papers["psnr"], row.dataset)
+        text = _with_warnings(text, protocol_warnings(rf.protocol, papers["rfvd"], row.dataset))
+        cells.put("rfvd", fmt_interval("rfvd", rf.value, rf.interval95), notes.mark(text))
+    warn = protocol_warnings(recon.protocol, papers["psnr"], row.dataset)
     mark = notes.mark(_with_warnings(describe_recon_protocol(recon), warn))
     for metric in ("psnr", "ssim", "lpips"):
-        cells.num[metric] = recon[metric]
-        cells.put(metric, fmt_value(metric, recon[metric]), mark)
+        value = getattr(recon, metric)
+        cells.num[metric] = value
+        cells.put(metric, fmt_value(metric, value), mark)
     return recon
 
 
 def _recon_split(row: Row, base_dir: Path) -> str:
     # The paper's reconstruction number to compare with is the one of the split we evaluated.
     if row.recon is not None and _resolve(row.recon, base_dir).is_file():
-        return read_recon_metric(_resolve(row.recon, base_dir))["split"]
+        return ReconRecord.read(_resolve(row.recon, base_dir)).split
     return RECON_SPLIT
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pvdm.data.commands import add_experiment_args, resolve_experiment
+from pvdm.cli_options import add_experiment_args, add_options, resolve_experiment
 
 RESUME_NOTE = (
     "The complete training state is saved atomically to OUT/state.pt every `save_every` steps; "
@@ -43,10 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_experiment_args(p)
-    p.add_argument("--data", required=True, type=Path, help="the data stage's folder (results/<exp>/data)")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this rank's GPU if any, else cpu)")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps (the state stays resumable)")
+    add_options(p, "data", "out", "device", "max_steps")
 
 
 def run_stage(args: argparse.Namespace) -> None:
@@ -71,31 +68,30 @@ def register_diffusion(sub: argparse._SubParsersAction) -> None:
         + RESUME_NOTE,
     )
     add_experiment_args(p)
-    p.add_argument("--data", required=True, type=Path, help="the data stage's folder (results/<exp>/data)")
-    p.add_argument("--autoencoder", required=True, type=Path, help="autoencoder checkpoint (frozen)")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--device", help="cpu, cuda, ... (default: this rank's GPU if any, else cpu)")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps (the state stays resumable)")
+    add_options(p, "data", "out", "device", "max_steps", autoencoder="autoencoder checkpoint (frozen)")
     p.set_defaults(func=run_diffusion)
 
     p = sub.add_parser(
         "sample",
         help="generate 16-frame clips or long videos into a clip store (+ mp4/gif previews)",
-        description="Sample triplane latents with the U-Net (DDIM with eta, or ancestral DDPM at 1000 steps) "
+        description="Sample triplane latents with the U-Net (sampling.sampler: DDIM with eta, or ancestral DDPM) "
         "and decode them. --frames equal to the autoencoder's clip length gives clips; a multiple of it gives "
         "long videos, each clip conditioned on the previous generated clean latent. Sample i uses the seed "
         "sampling.seed * 1000003 + i, whatever the batch size. Writes OUT/clips (clip store), "
         "OUT/preview.{mp4,gif}, OUT/samples.json. A killed run resumes from its finished shards.",
     )
     add_experiment_args(p)
-    p.add_argument("--autoencoder", required=True, type=Path)
+    add_options(p, "autoencoder", "out", "device")
     p.add_argument("--diffusion", required=True, type=Path, help="U-Net checkpoint (ema.pt, model.pt, ...)")
     p.add_argument(
         "--frames", required=True, type=int, help="frames per video (16 = clips, 128 = long videos)"
     )
     p.add_argument("--num-videos", type=int, help="overrides sampling.num_videos")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument(
+        "--weights",
+        choices=["ema", "raw", "untrained"],
+        help="which weights --diffusion holds, for the sampler card (default: ema if sampling.ema, else raw)",
+    )
     p.set_defaults(func=run_sample)
 
     p = sub.add_parser(
@@ -106,7 +102,7 @@ def register_diffusion(sub: argparse._SubParsersAction) -> None:
         "OUT/import.json (sources and sha256). The released files are the paper configs and are recognised "
         "from their shapes; other original-format files need --autoencoder-config / --diffusion-config.",
     )
-    p.add_argument("--autoencoder", required=True, type=Path, help="original autoencoder .pth")
+    add_options(p, autoencoder="original autoencoder .pth")
     p.add_argument("--diffusion", required=True, type=Path, help="original diffusion .pth (EMA or raw)")
     p.add_argument("--autoencoder-config", help="JSON AutoencoderConfig for non-paper checkpoints")
     p.add_argument(
@@ -127,6 +123,7 @@ def run_diffusion(args: argparse.Namespace) -> None:
 
 def run_sample(args: argparse.Namespace) -> None:
     from pvdm.config import validate
+    from pvdm.diffusion.samplers import Sampler
     from pvdm.sample import generate
 
     _, exp = resolve_experiment(args)
@@ -137,13 +134,12 @@ def run_sample(args: argparse.Namespace) -> None:
         args.out,
         num_videos=args.num_videos or s["num_videos"],
         frames=args.frames,
+        sampler=Sampler.from_config(s["sampler"]),
         seed=s["seed"],
         batch_size=s["batch_size"],
-        steps=s["steps"],
-        eta=s["eta"],
         amp=s["amp"],
         device=args.device,
-        ema=s["ema"] if "untrained" not in args.diffusion.name else None,
+        weights=args.weights or ("ema" if s["ema"] else "raw"),
     )
 
 

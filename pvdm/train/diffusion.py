@@ -26,10 +26,8 @@ from pvdm.diffusion.schedule import NoiseSchedule, training_loss
 from pvdm.models.autoencoder import TriplaneAutoencoder
 from pvdm.models.unet import TriplaneUNet, UNetConfig
 from pvdm.train import distributed
-from pvdm.train.autoencoder import autocast, step_generator
 from pvdm.train.ema import EMA
-from pvdm.train.logger import TrainLogger
-from pvdm.train.state import load_state, save_state, set_rng_state
+from pvdm.train.loop import TrainingRun
 from pvdm.utils.io import atomic_save_npy, atomic_write_json, read_json, sha256_file
 from pvdm.utils.progress import Progress
 
@@ -102,106 +100,76 @@ def train_diffusion(
     max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train the latent U-Net; writes state.pt (resumable), model.pt, ema.pt, metrics.json, log.jsonl."""
-    dcfg = exp["diffusion"]
+    dcfg, out_dir = exp["diffusion"], Path(out_dir)
     tcfg = dcfg["train"]
-    seed = exp.get("seed", 0)
-    out_dir = Path(out_dir)
-    d = distributed.setup(device)
-    torch.manual_seed(seed)
-
-    ae = load_autoencoder(autoencoder, map_location="cpu").to(d.device).eval().requires_grad_(False)
-    ae_sha = sha256_file(autoencoder)
-    t = ae.cfg.frames
     store = ClipStore(Path(data_dir) / "train")
-    if store.resolution != ae.cfg.resolution:
-        raise ValueError(
-            f"{store.path}: {store.resolution}px clips, the autoencoder expects {ae.cfg.resolution}px"
-        )
-    if store.frames < 2 * t and tcfg["cond_prob"] > 0:
-        raise ValueError(
-            f"{store.path}: conditional training needs clips of {2 * t} frames (condition + target), "
-            f"the store has {store.frames}; set data.clip_frames >= {2 * t} or cond_prob: 0"
-        )
-    cfg = unet_config(dcfg["model"], ae)
-    if tcfg["cond_prob"] > 0 and not cfg.cond:
-        raise ValueError(
-            "diffusion.train.cond_prob > 0 needs a conditional U-Net (diffusion.model.cond: true)"
-        )
-    model = TriplaneUNet(cfg).to(d.device)
-    ema = EMA(model, tcfg["ema_decay"], tcfg["ema_every"])
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
-    schedule = NoiseSchedule()
-    run_cfg = {"seed": seed, "diffusion": dcfg, "data": str(data_dir), "autoencoder_sha256": ae_sha}
-    state_path = out_dir / "state.pt"
-    state = load_state(state_path, run_cfg)
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        ema.load_state_dict(state["ema"])
-        set_rng_state(state["rng"])
-        start = state["step"]
-    ddp_model = (
-        DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.enabled else model
-    )
+    ae_sha = sha256_file(autoencoder)
+    run_cfg = {"seed": exp["seed"], "diffusion": dcfg, "data": str(data_dir), "autoencoder_sha256": ae_sha}
+    with TrainingRun(
+        out_dir, run_cfg, seed=exp["seed"], steps=tcfg["steps"], save_every=tcfg["save_every"],
+        log_every=tcfg["log_every"], max_steps=max_steps, device=device, desc="diffusion",
+    ) as run:
+        ae = load_autoencoder(autoencoder, map_location="cpu").to(run.device).eval().requires_grad_(False)
+        t = ae.cfg.frames
+        check_inputs(store, ae, tcfg)
+        cfg = unet_config(dcfg["model"], ae)
+        if tcfg["cond_prob"] > 0 and not cfg.cond:
+            raise ValueError("diffusion.train.cond_prob > 0 needs a conditional U-Net (diffusion.model.cond: true)")
+        model = TriplaneUNet(cfg).to(run.device)
+        ema = EMA(model, tcfg["ema_decay"], tcfg["ema_every"])
+        opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+        run.register(model=model, opt=opt, ema=ema)
+        run.resume()
+        ddp_model = model
+        if run.dist.enabled:
+            ddp_model = DDP(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+        schedule = NoiseSchedule()
+        cache = None
+        if tcfg["cache_latents"]:
+            # The main rank encodes (or finds) the cache; the others load it once it is written.
+            if run.dist.is_main:
+                cache = LatentCache(out_dir / "latents.npy", ae, ae_sha, store, tcfg["cache_stride"], run.device)
+            distributed.barrier(run.dist)
+            if cache is None:
+                cache = LatentCache(out_dir / "latents.npy", ae, ae_sha, store, tcfg["cache_stride"], run.device)
+        batches = ClipBatches(store, tcfg["batch_size"], store.frames, exp["seed"], run.dist.rank, run.dist.world_size)
+        local = batches.local_slice  # this rank's rows of the global batch
 
-    cache = None
-    if tcfg["cache_latents"]:
-        # The main rank encodes (or finds) the cache; the others load it once it is written.
-        if d.is_main:
-            cache = LatentCache(out_dir / "latents.npy", ae, ae_sha, store, tcfg["cache_stride"], d.device)
-        distributed.barrier(d)
-        if cache is None:
-            cache = LatentCache(out_dir / "latents.npy", ae, ae_sha, store, tcfg["cache_stride"], d.device)
-    batches = ClipBatches(store, tcfg["batch_size"], store.frames, seed, d.rank, d.world_size)
-    logger = TrainLogger(out_dir, enabled=d.is_main)
-    logger.truncate_after(start)
-    steps = tcfg["steps"] if max_steps is None else min(tcfg["steps"], max_steps)
+        def latents(step: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+            """(target, condition or None = dropped) latents ``# b c l`` for this rank's share of the batch."""
+            conditional = torch.rand((), generator=gen).item() < tcfg["cond_prob"]
+            if cache is not None:
+                idx, _ = batches.indices(step)
+                offsets = cache.offsets
+                if conditional:
+                    first, second = offsets.index(0), offsets.index(t)
+                    z = torch.from_numpy(np.stack([cache.latents[i, second] for i in idx])).to(run.device)
+                    c = torch.from_numpy(np.stack([cache.latents[i, first] for i in idx])).to(run.device)
+                    return z, c
+                w = torch.randint(0, len(offsets), (tcfg["batch_size"],), generator=gen)[local]
+                z = torch.from_numpy(np.stack([cache.latents[i, j] for i, j in zip(idx, w.tolist(), strict=True)]))
+                return z.to(run.device), None
+            x = to_model_range(batches.get(step).to(run.device, non_blocking=True))  # b c T h w
+            with torch.no_grad(), run.autocast(tcfg["amp"]):
+                if conditional:
+                    return ae.encode(x[:, :, t : 2 * t]).float(), ae.encode(x[:, :, :t]).float()
+                s = int(torch.randint(0, x.shape[2] - t + 1, (), generator=gen))
+                return ae.encode(x[:, :, s : s + t]).float(), None
 
-    def latents(step: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(target, condition or None = dropped) latents ``# b c l`` for this rank's share of the batch."""
-        conditional = torch.rand((), generator=gen).item() < tcfg["cond_prob"]
-        if cache is not None:
-            idx, _ = batches.indices(step)
-            offsets = cache.offsets
-            if conditional:
-                first, second = offsets.index(0), offsets.index(t)
-                z = torch.from_numpy(np.stack([cache.latents[i, second] for i in idx])).to(d.device)
-                c = torch.from_numpy(np.stack([cache.latents[i, first] for i in idx])).to(d.device)
-                return z, c
-            w = torch.randint(0, len(offsets), (len(idx),), generator=gen)
-            z = torch.from_numpy(
-                np.stack([cache.latents[i, j] for i, j in zip(idx, w.tolist(), strict=True)])
-            )
-            return z.to(d.device), None
-        x = to_model_range(batches.get(step).to(d.device, non_blocking=True))  # b c T h w
-        with torch.no_grad(), autocast(d.device, tcfg["amp"]):
-            if conditional:
-                return ae.encode(x[:, :, t : 2 * t]).float(), ae.encode(x[:, :, :t]).float()
-            s = int(torch.randint(0, x.shape[2] - t + 1, (), generator=gen))
-            return ae.encode(x[:, :, s : s + t]).float(), None
-
-    def save(step: int) -> None:
-        if d.is_main:
-            save_state(state_path, step, run_cfg, model=model, opt=opt, ema=ema)
-        distributed.barrier(d)
-
-    model.train()
-    done = start
-    with Progress(steps, "diffusion", initial=start) as bar:
-        for step in range(start, steps):
-            gen = step_generator(seed, step, 1)
-            z, c = latents(step, gen)
+        model.train()
+        for step in run.steps():
+            z, c = latents(step, run.generator(step, 1))
             conditional = c is not None
             if c is None and cfg.cond:
                 c = torch.zeros_like(z)  # the dropped condition
-            noise_gen = torch.Generator().manual_seed(seed * 1_000_003 + step * 7 + 2 + 1000 * d.rank)
-            tt = torch.randint(0, schedule.num_timesteps, (len(z),), generator=noise_gen).to(d.device)
-            noise = torch.randn(z.shape, generator=noise_gen).to(d.device)
-            with autocast(d.device, tcfg["amp"]):
-                loss = training_loss(
-                    ddp_model, z, t=tt, noise=noise, cond=c, loss_type=tcfg["loss"], schedule=schedule
-                )
+            # Diffusion time and noise of the whole global batch, then this rank's rows: the same
+            # numbers whatever the number of ranks.
+            noise_gen = run.generator(step, 2)
+            batch = tcfg["batch_size"]
+            tt = torch.randint(0, schedule.num_timesteps, (batch,), generator=noise_gen)[local].to(run.device)
+            noise = torch.randn((batch, *z.shape[1:]), generator=noise_gen)[local].to(run.device)
+            with run.autocast(tcfg["amp"]):
+                loss = training_loss(ddp_model, z, t=tt, noise=noise, cond=c, loss_type=tcfg["loss"], schedule=schedule)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tcfg["grad_clip"]:
@@ -212,36 +180,45 @@ def train_diffusion(
             value = loss.item()
             if not np.isfinite(value):
                 raise FloatingPointError(
-                    f"diffusion loss is {value} at step {done}; the last good state is {state_path}"
+                    f"diffusion loss is {value} at step {done}; the last good state is {run.state_path}"
                 )
-            bar.update(1, loss=value)
-            if done % tcfg["log_every"] == 0 or done == steps:
-                logger.log(
-                    done, {"loss": distributed.mean_across_ranks(value, d), "conditional": int(conditional)}
-                )
-            if done % tcfg["save_every"] == 0 or done == steps:
-                save(done)
-    logger.close()
-    if max_steps is not None and done < tcfg["steps"]:
-        return {"step": done, "stopped": "max_steps"}
-    metrics: dict[str, Any] = {}
-    if d.is_main:
-        save_diffusion(model, out_dir / "model.pt")
-        save_diffusion(ema.model, out_dir / "ema.pt")
-        torch.manual_seed(seed)  # the initialisation this run started from: the baseline to beat
-        save_diffusion(TriplaneUNet(cfg), out_dir / "untrained.pt")
-        rows = read_jsonl(out_dir / "log.jsonl")
-        metrics = {
-            "steps": done,
-            "final_loss": rows[-1]["loss"] if rows else None,
-            "first_loss": rows[0]["loss"] if rows else None,
-            "ema_updates": ema.num_updates,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "unet": cfg.to_dict(),
-            "autoencoder_sha256": ae_sha,
-        }
-        atomic_write_json(out_dir / "metrics.json", metrics)
-    distributed.teardown(d)
+            run.log(done, {"loss": value, "conditional": int(conditional)}, progress=value)
+            run.checkpoint(done)
+        if not run.completed:
+            return {"step": run.done, "stopped": "max_steps"}
+        if not run.dist.is_main:
+            return {}
+        return finish(model, ema, cfg, out_dir, run, ae_sha)
+
+
+def check_inputs(store: ClipStore, ae: TriplaneAutoencoder, tcfg: dict[str, Any]) -> None:
+    t = ae.cfg.frames
+    if store.resolution != ae.cfg.resolution:
+        raise ValueError(f"{store.path}: {store.resolution}px clips, the autoencoder expects {ae.cfg.resolution}px")
+    if store.frames < 2 * t and tcfg["cond_prob"] > 0:
+        raise ValueError(
+            f"{store.path}: conditional training needs clips of {2 * t} frames (condition + target), "
+            f"the store has {store.frames}; set data.clip_frames >= {2 * t} or cond_prob: 0"
+        )
+
+
+def finish(model: TriplaneUNet, ema: EMA, cfg: UNetConfig, out_dir: Path, run: TrainingRun, ae_sha: str) -> dict[str, Any]:
+    """model.pt, ema.pt, untrained.pt (the initialisation: the baseline to beat) and metrics.json."""
+    save_diffusion(model, out_dir / "model.pt")
+    save_diffusion(ema.model, out_dir / "ema.pt")
+    torch.manual_seed(run.seed)  # the initialisation this run started from
+    save_diffusion(TriplaneUNet(cfg), out_dir / "untrained.pt")
+    rows = read_jsonl(out_dir / "log.jsonl")
+    metrics = {
+        "steps": run.done,
+        "final_loss": rows[-1]["loss"] if rows else None,
+        "first_loss": rows[0]["loss"] if rows else None,
+        "ema_updates": ema.num_updates,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "unet": cfg.to_dict(),
+        "autoencoder_sha256": ae_sha,
+    }
+    atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 

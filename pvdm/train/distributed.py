@@ -49,12 +49,13 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def mean_across_ranks(value: float, d: Dist) -> float:
-    if not d.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=d.device)
+def mean_across_ranks(values: dict[str, float], d: Dist) -> dict[str, float]:
+    """The mean of each value over all ranks (one all-reduce); every rank must call it."""
+    if not d.enabled or not values:
+        return values
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=d.device)
     dist.all_reduce(t)
-    return t.item() / d.world_size
+    return {k: v / d.world_size for k, v in zip(values, t.tolist(), strict=True)}
 
 
 def teardown(d: Dist) -> None:

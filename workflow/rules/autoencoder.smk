@@ -1,23 +1,25 @@
 rule train_autoencoder:
     input:
-        manifest="results/{exp}/data/manifest.json",
+        manifest=L.manifest,
     output:
-        model="results/{exp}/autoencoder/stage1/model.pt",
-        metrics="results/{exp}/autoencoder/stage1/metrics.json",
-        grid="results/{exp}/autoencoder/stage1/recon_grid.mp4",
+        model=f"{L.stage1}/model.pt",
+        metrics=f"{L.stage1}/metrics.json",
+        grid=f"{L.stage1}/recon_grid.mp4",
     log:
-        "results/{exp}/logs/train_autoencoder.log",
+        f"{L.logs}/train_autoencoder.log",
     benchmark:
-        "benchmarks/{exp}/train_autoencoder.tsv"
+        f"{L.benchmarks}/train_autoencoder.tsv"
     conda:
         "../envs/pvdm.yaml"
     threads: 2
     resources:
         gpu=1,
     params:
-        settings=lambda w: settings(w.exp, "autoencoder.model", "autoencoder.stage1"),
-        data=lambda w: f"results/{w.exp}/data",
-        out=lambda w: f"results/{w.exp}/autoencoder/stage1",
+        settings=lambda w: PLAN[w.exp].settings(
+            "autoencoder.model", "autoencoder.stage1"
+        ),
+        data=lambda w: PLAN[w.exp].path(L.data),
+        out=lambda w: PLAN[w.exp].path(L.stage1),
     shell:
         "pvdm train-autoencoder --settings {params.settings:q} --data {params.data} "
         "--out {params.out} > {log} 2>&1"
@@ -25,26 +27,26 @@ rule train_autoencoder:
 
 rule finetune_gan:
     input:
-        init="results/{exp}/autoencoder/stage1/model.pt",
-        manifest="results/{exp}/data/manifest.json",
+        init=f"{L.stage1}/model.pt",
+        manifest=L.manifest,
     output:
-        model="results/{exp}/autoencoder/gan/model.pt",
-        history="results/{exp}/autoencoder/gan/history.json",
-        metrics="results/{exp}/autoencoder/gan/metrics.json",
-        grid="results/{exp}/autoencoder/gan/recon_grid.mp4",
+        model=f"{L.gan}/model.pt",
+        history=f"{L.gan}/history.json",
+        metrics=f"{L.gan}/metrics.json",
+        grid=f"{L.gan}/recon_grid.mp4",
     log:
-        "results/{exp}/logs/finetune_gan.log",
+        f"{L.logs}/finetune_gan.log",
     benchmark:
-        "benchmarks/{exp}/finetune_gan.tsv"
+        f"{L.benchmarks}/finetune_gan.tsv"
     conda:
         "../envs/pvdm.yaml"
     threads: 2
     resources:
         gpu=1,
     params:
-        settings=lambda w: settings(w.exp, "autoencoder.model", "autoencoder.gan"),
-        data=lambda w: f"results/{w.exp}/data",
-        out=lambda w: f"results/{w.exp}/autoencoder/gan",
+        settings=lambda w: PLAN[w.exp].settings("autoencoder.model", "autoencoder.gan"),
+        data=lambda w: PLAN[w.exp].path(L.data),
+        out=lambda w: PLAN[w.exp].path(L.gan),
     shell:
         "pvdm finetune-gan --settings {params.settings:q} --data {params.data} --init {input.init} "
         "--out {params.out} > {log} 2>&1"

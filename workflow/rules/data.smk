@@ -1,30 +1,30 @@
 rule download_dataset:
     output:
-        "results/raw/{dataset}/download.json",
+        L.download,
     log:
         "results/logs/download_{dataset}.log",
     conda:
         "../envs/pvdm.yaml"
     params:
-        settings=lambda w: download_settings(w.dataset),
-        out=lambda w: f"results/raw/{w.dataset}",
+        settings=lambda w: PLAN.download_settings(w.dataset),
+        out=lambda w: L.raw.format(dataset=w.dataset),
     shell:
         "pvdm download --settings {params.settings:q} --out {params.out} > {log} 2>&1"
 
 
 rule prepare_data:
     input:
-        raw=lambda w: raw_data_input(w.exp),
+        raw=lambda w: PLAN[w.exp].raw_inputs(),
     output:
-        manifest="results/{exp}/data/manifest.json",
+        manifest=L.manifest,
     log:
-        "results/{exp}/logs/prepare_data.log",
+        f"{L.logs}/prepare_data.log",
     conda:
         "../envs/pvdm.yaml"
     threads: 2
     params:
-        settings=lambda w: settings(w.exp, "data"),
-        out=lambda w: f"results/{w.exp}/data",
+        settings=lambda w: PLAN[w.exp].settings("data"),
+        out=lambda w: PLAN[w.exp].path(L.data),
     shell:
         "pvdm prepare --exp {wildcards.exp} --settings {params.settings:q} --workers {threads} "
         "--out {params.out} > {log} 2>&1"

@@ -1,25 +1,25 @@
 rule train_diffusion:
     input:
-        autoencoder="results/{exp}/autoencoder/gan/model.pt",
-        manifest="results/{exp}/data/manifest.json",
+        autoencoder=f"{L.gan}/model.pt",
+        manifest=L.manifest,
     output:
-        model="results/{exp}/diffusion/model.pt",
-        ema="results/{exp}/diffusion/ema.pt",
-        untrained="results/{exp}/diffusion/untrained.pt",
-        metrics="results/{exp}/diffusion/metrics.json",
+        model=f"{L.diffusion}/model.pt",
+        ema=f"{L.diffusion}/ema.pt",
+        untrained=f"{L.diffusion}/untrained.pt",
+        metrics=f"{L.diffusion}/metrics.json",
     log:
-        "results/{exp}/logs/train_diffusion.log",
+        f"{L.logs}/train_diffusion.log",
     benchmark:
-        "benchmarks/{exp}/train_diffusion.tsv"
+        f"{L.benchmarks}/train_diffusion.tsv"
     conda:
         "../envs/pvdm.yaml"
     threads: 2
     resources:
         gpu=1,
     params:
-        settings=lambda w: settings(w.exp, "diffusion"),
-        data=lambda w: f"results/{w.exp}/data",
-        out=lambda w: f"results/{w.exp}/diffusion",
+        settings=lambda w: PLAN[w.exp].settings("diffusion"),
+        data=lambda w: PLAN[w.exp].path(L.data),
+        out=lambda w: PLAN[w.exp].path(L.diffusion),
     shell:
         "pvdm train-diffusion --settings {params.settings:q} --data {params.data} "
         "--autoencoder {input.autoencoder} --out {params.out} > {log} 2>&1"
@@ -27,15 +27,15 @@ rule train_diffusion:
 
 rule sample:
     input:
-        autoencoder=lambda w: autoencoder_checkpoint(w.exp),
-        diffusion=lambda w: diffusion_checkpoint(w.exp, w.kind),
+        autoencoder=lambda w: PLAN[w.exp].autoencoder_checkpoint,
+        diffusion=lambda w: PLAN[w.exp].diffusion_checkpoint(w.kind),
     output:
-        card="results/{exp}/samples/{kind}{frames}/samples.json",
-        preview="results/{exp}/samples/{kind}{frames}/preview.mp4",
+        card=f"{L.samples}/samples.json",
+        preview=f"{L.samples}/preview.mp4",
     log:
-        "results/{exp}/logs/sample_{kind}{frames}.log",
+        f"{L.logs}/sample_{{kind}}{{frames}}.log",
     benchmark:
-        "benchmarks/{exp}/sample_{kind}{frames}.tsv"
+        f"{L.benchmarks}/sample_{{kind}}{{frames}}.tsv"
     wildcard_constraints:
         kind="model|untrained",
         frames="[0-9]+",
@@ -45,29 +45,30 @@ rule sample:
     resources:
         gpu=1,
     params:
-        settings=lambda w: settings(w.exp, "sampling"),
-        num=lambda w: sample_count(w.exp, int(w.frames)),
-        out=lambda w: f"results/{w.exp}/samples/{w.kind}{w.frames}",
+        settings=lambda w: PLAN[w.exp].settings("sampling"),
+        num=lambda w: PLAN[w.exp].sample_count(int(w.frames)),
+        weights=lambda w: PLAN[w.exp].weights_label(w.kind),
+        out=lambda w: PLAN[w.exp].path(L.samples, kind=w.kind, frames=w.frames),
     shell:
         "pvdm sample --settings {params.settings:q} --autoencoder {input.autoencoder} "
-        "--diffusion {input.diffusion} --frames {wildcards.frames} --num-videos {params.num} "
-        "--out {params.out} > {log} 2>&1"
+        "--diffusion {input.diffusion} --weights {params.weights} --frames {wildcards.frames} "
+        "--num-videos {params.num} --out {params.out} > {log} 2>&1"
 
 
 rule import_released:
     input:
-        autoencoder=lambda w: exp_cfg(w.exp)["released"]["autoencoder"],
-        diffusion=lambda w: exp_cfg(w.exp)["released"]["diffusion"],
+        autoencoder=lambda w: PLAN[w.exp].cfg["released"]["autoencoder"],
+        diffusion=lambda w: PLAN[w.exp].cfg["released"]["diffusion"],
     output:
-        autoencoder="results/{exp}/released/autoencoder.pt",
-        diffusion="results/{exp}/released/diffusion.pt",
+        autoencoder=f"{L.released}/autoencoder.pt",
+        diffusion=f"{L.released}/diffusion.pt",
     log:
-        "results/{exp}/logs/import_released.log",
+        f"{L.logs}/import_released.log",
     conda:
         "../envs/pvdm.yaml"
     params:
-        out=lambda w: f"results/{w.exp}/released",
-        configs=lambda w: released_config_args(w.exp),
+        out=lambda w: PLAN[w.exp].path(L.released),
+        configs=lambda w: PLAN[w.exp].released_config_args(),
     shell:
         "pvdm import-pvdm --autoencoder {input.autoencoder} --diffusion {input.diffusion} "
         "{params.configs} --out {params.out} > {log} 2>&1"

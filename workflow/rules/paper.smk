@@ -1,54 +1,55 @@
 rule paper_table:
     input:
-        metrics=lambda w: table_inputs(),
+        metrics=lambda w: PLAN.table_inputs(),
         reported=REPORTED_NUMBERS,
     output:
         md=report(
-            "results/paper/table1.md",
+            f"{L.table}.md",
             caption="../report/table1.rst",
             category="Table 1",
         ),
-        csv="results/paper/table1.csv",
-        tex="results/paper/table1.tex",
-        json="results/paper/table1.json",
+        csv=f"{L.table}.csv",
+        tex=f"{L.table}.tex",
+        json=f"{L.table}.json",
     log:
-        "results/paper/logs/paper_table.log",
+        f"{L.paper}/logs/paper_table.log",
     conda:
         "../envs/pvdm.yaml"
     params:
-        rows=lambda w: table_rows_json(),
+        rows=lambda w: json.dumps(PLAN.table_rows()),
+        out=subpath(output.md, parent=True),
     shell:
-        "pvdm table --rows-json {params.rows:q} --reported {input.reported} --out results/paper "
+        "pvdm table --rows-json {params.rows:q} --reported {input.reported} --out {params.out} "
         "> {log} 2>&1"
 
 
 rule paper_figures:
     input:
-        ae="results/{exp}/autoencoder/gan/history.json",
-        diffusion="results/{exp}/diffusion/metrics.json",
-        samples="results/{exp}/samples/model{frames}/samples.json",
+        ae=f"{L.gan}/history.json",
+        diffusion=f"{L.diffusion}/metrics.json",
+        samples=f"{L.samples}/samples.json".replace("{kind}", "model"),
     output:
         ae=report(
-            "results/paper/figures/{exp}_autoencoder_{frames}.png",
+            L.figure.replace("{figure}", "autoencoder"),
             caption="../report/figures.rst",
             category="Figures",
         ),
         diffusion=report(
-            "results/paper/figures/{exp}_diffusion_{frames}.png",
+            L.figure.replace("{figure}", "diffusion"),
             caption="../report/figures.rst",
             category="Figures",
         ),
         strip=report(
-            "results/paper/figures/{exp}_samples_{frames}.png",
+            L.figure.replace("{figure}", "samples"),
             caption="../report/figures.rst",
             category="Figures",
         ),
     log:
-        "results/paper/logs/paper_figures_{exp}_{frames}.log",
+        f"{L.paper}/logs/paper_figures_{{exp}}_{{frames}}.log",
     conda:
         "../envs/pvdm.yaml"
     params:
-        root=lambda w: f"results/{w.exp}",
+        root=lambda w: PLAN[w.exp].path("results/{exp}"),
     shell:
         "(pvdm figures curves stage1={params.root}/autoencoder/stage1/log.jsonl "
         "gan={params.root}/autoencoder/gan/log.jsonl --logy --title 'autoencoder ({wildcards.exp})' "
