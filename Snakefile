@@ -5,6 +5,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+envvars:
+    "PATH",
+
+
 report: "workflow/report/workflow.rst"
 
 
@@ -21,6 +25,14 @@ include: "workflow/rules/autoencoder.smk"
 include: "workflow/rules/diffusion.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/paper.smk"
+
+
+# On a cluster these run on the submit host, not as jobs: the table and figures take seconds, and
+# compute nodes often cannot reach the internet for the download.
+localrules:
+    paper_table,
+    paper_figures,
+    download_dataset,
 
 
 wildcard_constraints:

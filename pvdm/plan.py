@@ -16,6 +16,18 @@ from typing import Any
 from pvdm.diffusion.samplers import Sampler
 
 
+def shard_name(shard: int, shards: int) -> str:
+    """``002of008``: shard 2 of 8 of a sample set."""
+    return f"{shard:03d}of{shards:03d}"
+
+
+def parse_shard(name: str) -> tuple[int, int]:
+    k, _, n = name.partition("of")
+    if not (k.isdigit() and n.isdigit()) or not 0 <= int(k) < int(n):
+        raise ValueError(f"shard {name!r}: expected KofN with 0 <= K < N, e.g. 002of008")
+    return int(k), int(n)
+
+
 class Layout:
     """Path templates of every stage (``{exp}``, ``{kind}``, ``{frames}``, ``{dataset}`` wildcards)."""
 
@@ -29,6 +41,7 @@ class Layout:
     diffusion = "results/{exp}/diffusion"
     samples = "results/{exp}/samples/{kind}{frames}"
     sample_clips = "results/{exp}/samples/{kind}{frames}/clips"
+    sample_shard = "results/{exp}/samples/{kind}{frames}/shards/{shard}.npy"  # shard: "002of008"
     metrics = "results/{exp}/metrics"
     fvd = "results/{exp}/metrics/fvd{frames}_{kind}.json"
     recon = "results/{exp}/metrics/recon.json"
@@ -42,6 +55,9 @@ class Layout:
 
 TABLE_FILES = tuple(f"{Layout.table}.{ext}" for ext in ("md", "csv", "tex", "json"))
 FIGURES = ("autoencoder", "diffusion", "samples")
+# Stages whose jobs may run several processes (torchrun, one per GPU); the others use one device
+# each and spread over devices by jobs (sampling shards).
+MULTI_PROCESS_STAGES = ("train_autoencoder", "finetune_gan", "train_diffusion")
 SAMPLE_KINDS = ("model", "untrained")  # the trained U-Net, and its initialisation as a baseline
 
 
@@ -208,6 +224,32 @@ class ExperimentPlan:
             })
         return rows
 
+    # --- what a job asks for ------------------------------------------------------------------------
+
+    def job(self, stage: str) -> dict[str, int]:
+        """Snakemake resources of a stage's jobs (resources.<stage> of the config): gpu, cpus_per_gpu,
+        mem_mb, runtime, threads, and nproc (processes per job: torchrun when above 1)."""
+        r = self.cfg["resources"][stage]
+        multi = stage in MULTI_PROCESS_STAGES
+        if not multi and (r["gpus"] > 1 or r["processes"] > 1):
+            raise ValueError(
+                f"experiments.{self.id}.resources.{stage}: gpus {r['gpus']}, processes {r['processes']}: "
+                f"{stage} jobs run one process on one device each"
+                + ("; spread sampling over GPUs with resources.sample.shards" if stage == "sample" else "")
+            )
+        nproc = max(r["gpus"], r["processes"]) if multi else 1
+        if r["gpus"] > 1 and r["processes"] not in (1, r["gpus"]):
+            raise ValueError(f"experiments.{self.id}.resources.{stage}: processes must be 1 or equal to gpus "
+                             f"({r['gpus']}): one process per GPU")
+        threads = r["cpus_per_gpu"] * r["gpus"] if r["gpus"] else r["cpus"]
+        return {"gpu": r["gpus"], "cpus_per_gpu": r["cpus_per_gpu"], "mem_mb": r["mem_mb"], "runtime": r["runtime"],
+                "threads": threads, "nproc": nproc}
+
+    def shards(self, frames: int) -> list[str]:
+        """Names of the sampling jobs of a sample set (resources.sample.shards, at most one per video)."""
+        n = min(self.cfg["resources"]["sample"]["shards"], max(1, self.sample_count(frames)))
+        return [shard_name(k, n) for k in range(n)]
+
     # --- what a job depends on --------------------------------------------------------------------
 
     def settings(self, *sections: str) -> str:
@@ -278,6 +320,15 @@ class Plan:
         if any(e.evaluates for e in self._chosen()):
             targets.append(f"{Layout.table}.md")
         return targets
+
+    # Snakemake adapters: callables of a job's wildcards, for a rule's `threads:` and `resources:`.
+
+    def resources(self, stage: str) -> dict[str, Any]:
+        return {key: (lambda w, key=key: self[w.exp].job(stage)[key])
+                for key in ("gpu", "cpus_per_gpu", "mem_mb", "runtime", "nproc")}
+
+    def threads(self, stage: str) -> Any:
+        return lambda w: self[w.exp].job(stage)["threads"]
 
     def download_settings(self, dataset: str) -> str:
         for e in self.experiments.values():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REAL_VIDEOS, make_sky_tree
+from conftest import REAL_VIDEOS, VIDEOS, make_sky_tree
 
 from pvdm.config import validate
 from pvdm.data import moving_mnist
@@ -45,15 +45,15 @@ def test_decode_damaged_inputs(tmp_path, real_video_paths):
     for path in (empty, noise, tmp_path / "missing.avi"):
         with pytest.raises(VideoDecodeError, match=path.name):
             decode_video(path)
-    # A file cut in half keeps the frames before the damage (as any decoder does): exactly the first
-    # frames of the whole file.
-    whole = decode_video(real_video_paths["tree.avi"])
+    # A truncated file decodes without an exception up to a torn last frame; the demuxer's report
+    # of the corrupt packet makes it damaged (skipped and listed), not a shorter video.
+    assert len(decode_video(real_video_paths["tree.avi"])) == 68
     data = real_video_paths["tree.avi"].read_bytes()
-    half = tmp_path / "half.avi"
-    half.write_bytes(data[: len(data) // 2])
-    kept = decode_video(half)
-    assert 0 < len(kept) < len(whole) == 68
-    np.testing.assert_array_equal(kept, whole[: len(kept)])
+    for fraction in (0.5, 0.6):
+        cut = tmp_path / f"cut{fraction}.avi"
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        with pytest.raises(VideoDecodeError, match=rf"cut{fraction}\.avi: damaged \(truncated or corrupt\) after \d+ frames: "):
+            decode_video(cut)
 
 
 def test_natural_sort():
@@ -239,6 +239,26 @@ def test_prepare_ucf101_real_and_damaged(tmp_path, ucf_tree):
     assert np.array_equal(train[0], center_crop_resize(src[:16], 32))
     on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert on_disk["stores"]["train"]["clips"] == 12
+
+
+def test_ucf101_case_mismatch_and_truncated_files(tmp_path, ucf_tree, caplog):
+    # The official lists say HandstandPushups/ where the folder is HandStandPushups/: same here.
+    (ucf_tree / "PlayingPhone").rename(ucf_tree / "PlayIngPhone")
+    for f in (ucf_tree / "PlayIngPhone").iterdir():
+        f.rename(f.with_name(f.name.replace("PlayingPhone", "PlayIngPhone")))
+    lists = ucf_tree / "ucfTrainTestlist" / "trainlist01.txt"
+    data = (VIDEOS / "tree.avi").read_bytes()
+    (ucf_tree / "Biking" / "v_Biking_g09_c01.avi").write_bytes(data[: int(len(data) * 0.6)])  # 60 % of a file
+    lists.write_text(lists.read_text() + "Biking/v_Biking_g09_c01.avi 1\n")
+    with caplog.at_level("WARNING"):
+        videos = list_ucf101(ucf_tree, "train")
+    assert sum("PlayIngPhone" in v.name for v in videos) == 2  # the class is kept
+    assert "lists PlayingPhone/..., the folder on disk is PlayIngPhone/" in caplog.text
+    exp = experiment(dataset="ucf101", resolution=32, clip_frames=16, long_frames=0, workers=1)
+    manifest = prepare(exp, tmp_path / "out", root=ucf_tree)
+    skipped = {s["path"]: s["reason"] for s in manifest["stores"]["train"]["skipped"]["items"]}
+    assert "damaged (truncated or corrupt)" in skipped["Biking/v_Biking_g09_c01.avi"]
+    assert manifest["stores"]["train"]["clips"] == 6  # 3 classes x 2 intact train videos
 
 
 def test_prepare_sky(tmp_path):

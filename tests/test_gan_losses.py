@@ -93,14 +93,16 @@ def test_output_shapes_paper_resolution():
     ]
 
 
-def test_sync_bn_flag_same_keys_and_numbers():
+def test_cross_rank_batchnorm_same_keys_and_numbers_on_one_process():
+    from pvdm.train.distributed import CrossRankBatchNorm, _convert
+
     torch.manual_seed(0)
     plain = NLayerDiscriminator3D(ndf=8)
-    sync = NLayerDiscriminator3D(ndf=8, sync_bn=True)
-    assert isinstance(sync.model1[1], nn.SyncBatchNorm) and isinstance(plain.model1[1], nn.BatchNorm3d)
-    sync.load_state_dict(plain.state_dict())  # strict: identical keys
+    converted = _convert(NLayerDiscriminator3D(ndf=8))
+    assert isinstance(converted.model1[1], CrossRankBatchNorm) and isinstance(plain.model1[1], nn.BatchNorm3d)
+    converted.load_state_dict(plain.state_dict())  # strict: identical keys
     x = torch.randn(2, 3, 8, 32, 32)
-    torch.testing.assert_close(sync(x)[-1], plain(x)[-1])  # one process: SyncBN == BN
+    torch.testing.assert_close(converted(x)[-1], plain(x)[-1])  # no process group: plain BatchNorm
     with pytest.raises(ValueError, match=r"\[B, C, T, H, W\]"):
         plain(torch.randn(2, 3, 32, 32))
 

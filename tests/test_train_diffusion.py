@@ -17,7 +17,7 @@ from pvdm.data.prepare import prepare
 from pvdm.data.store import ClipStore
 from pvdm.diffusion.samplers import Sampler
 from pvdm.models.autoencoder import AutoencoderConfig, TriplaneAutoencoder
-from pvdm.sample import generate
+from pvdm.sample import gather_samples, generate, sample_shard
 from pvdm.train.diffusion import train_diffusion
 
 AE = AutoencoderConfig(**TINY_AE)
@@ -70,7 +70,8 @@ def test_training_lowers_loss_and_writes_outputs(setup, tmp_path):
         "metrics.json",
         "state.pt",
         "log.jsonl",
-        "latents.npy",
+        "latents/meta.json",
+        "latents/shard_00000.npy",
     ):
         assert (tmp_path / name).is_file(), name
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -126,18 +127,37 @@ def test_sampling_seeds_batch_size_long_videos_and_resume(setup, tmp_path):
     generate(ae, unet, tmp_path / "long", batch_size=2, num_videos=2, frames=24, seed=3, sampler=Sampler("ddim", 4))
     long = ClipStore(tmp_path / "long" / "clips")
     assert long.shape == (2, 24, 32, 32, 3)
-    # a killed run resumes from its finished shards: a planted shard made with the same settings is
+    # a killed run resumes from its finished batches: a planted batch made with the same settings is
     # used as is; one made with other settings is discarded
     card = json.loads((tmp_path / "s2" / "samples.json").read_text())
+    card = {k: v for k, v in card.items() if k != "shards"}
     planted = np.full((2, 8, 32, 32, 3), 7, np.uint8)
     for settings, reused in ((card, True), ({**card, "seed": 99}, False)):
-        shards = tmp_path / f"r{reused}" / "shards"
-        shards.mkdir(parents=True)
-        (shards / "card.json").write_text(json.dumps(settings))
-        np.save(shards / "0000000_0000002.npy", planted)
+        parts = tmp_path / f"r{reused}" / "shards" / "000of001.parts"
+        parts.mkdir(parents=True)
+        (parts / "card.json").write_text(json.dumps(settings))
+        np.save(parts / "0000000_0000002.npy", planted)
         generate(ae, unet, tmp_path / f"r{reused}", batch_size=2, **kw)
         r = ClipStore(tmp_path / f"r{reused}" / "clips")
         assert np.array_equal(r.clips[:2], planted) == reused
         assert np.array_equal(r.clips[2:], a.clips[2:])  # same batching as a
+    # Shards, each its own job, gathered: the union is the one-job set. Shard ranges [0, 2) and
+    # [2, 5) fall on the batch boundaries of batch 2: byte-identical. Ranges [0, 1), [1, 3),
+    # [3, 5) do not: the same samples up to the float rounding of batched kernels.
+    for shards, exact in ((2, True), (3, False)):
+        out = tmp_path / f"sharded{shards}"
+        for k in range(shards):
+            sample_shard(ae, unet, out, batch_size=2, shard=k, shards=shards, **kw)
+        gathered = gather_samples(out, shards)
+        g = ClipStore(out / "clips")
+        assert g.videos == a.videos and gathered["num_videos"] == 5
+        if exact:
+            assert np.array_equal(g.clips, a.clips)
+        else:
+            diff = np.abs(g.clips.astype(int) - a.clips.astype(int))
+            assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    (out / "shards" / "001of003.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing sample shards: .*001of003\.npy"):
+        gather_samples(out, 3)
     with pytest.raises(ValueError, match="not a multiple"):
         generate(ae, unet, tmp_path / "bad", batch_size=2, num_videos=1, frames=12, seed=0, sampler=Sampler("ddim", 2))

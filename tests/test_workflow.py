@@ -97,7 +97,7 @@ def test_default_target_dry_run(tmp_path):
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert planned_jobs(dry.stdout) == {
         "prepare_data": 1, "train_autoencoder": 1, "finetune_gan": 1, "eval_recon": 1, "train_diffusion": 1,
-        "sample": 3, "eval_fvd": 3, "paper_figures": 1, "paper_table": 1, "all": 1,
+        "sample": 3, "gather_samples": 3, "eval_fvd": 3, "paper_figures": 1, "paper_table": 1, "all": 1,
     }
     paper = snakemake("-n", "--cores", "1", "--configfile", str(REPO / "config" / "ucf101.yaml"), cwd=tmp_path)
     assert paper.returncode == 0, paper.stderr[-2000:]

@@ -7,6 +7,7 @@ several later papers train and compute real FVD statistics on it).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pvdm.data.sources import LayoutError, VideoFile
@@ -22,6 +23,7 @@ expected UCF-101 layout:
       trainlist01.txt testlist01.txt (... 02, 03)"""
 
 SPLITS = ("train", "test", "train+test")
+log = logging.getLogger("pvdm.data")
 
 
 def find_split_dir(root: Path) -> Path:
@@ -40,6 +42,23 @@ def _read_list(path: Path) -> list[str]:
         if line:
             names.append(line.split()[0].replace("\\", "/"))  # "Class/v_x.avi 1" -> "Class/v_x.avi"
     return names
+
+
+def match_case(root: Path, names: list[str], split_dir: Path) -> list[str]:
+    """Listed names whose case differs from the files on disk, mapped to the files: the official
+    lists say ``HandstandPushups/v_HandStandPushups_...`` where the folder is ``HandStandPushups``;
+    matched case-sensitively, a whole class would be dropped."""
+    on_disk = {str(p.relative_to(root)).lower(): str(p.relative_to(root))
+               for p in root.glob("*/*") if p.is_file()}
+    fixed, renamed = [], {}
+    for name in names:
+        actual = name if (root / name).is_file() else on_disk.get(name.lower(), name)
+        if actual != name:
+            renamed.setdefault(name.split("/")[0], actual.split("/")[0])
+        fixed.append(actual)
+    for listed, folder in renamed.items():
+        log.warning("%s lists %s/..., the folder on disk is %s/: matched case-insensitively", split_dir, listed, folder)
+    return fixed
 
 
 def list_ucf101(root: str | Path, split: str = "train", fold: int = 1) -> list[VideoFile]:
@@ -61,6 +80,7 @@ def list_ucf101(root: str | Path, split: str = "train", fold: int = 1) -> list[V
     if not class_dirs:
         raise LayoutError(f"{root}: no class folders found\n{EXPECTED_TREE}")
     names = sorted(set(names), key=natural_key)
+    names = match_case(root, names, split_dir)
     missing = [n for n in names if not (root / n).is_file()]
     if len(missing) == len(names):
         raise LayoutError(

@@ -26,15 +26,20 @@ def natsorted(names: list[str]) -> list[str]:
 
 
 def decode_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
-    """All frames of a video file as uint8 ``# t h w c`` (RGB). Raises VideoDecodeError."""
+    """All frames of a video file as uint8 ``# t h w c`` (RGB). Raises VideoDecodeError for a
+    missing, empty, undecodable or damaged file (a truncated file decodes without an exception,
+    but the demuxer reports the torn packet: that is damage too, not a shorter video)."""
     path = Path(path)
     if not path.is_file():
         raise VideoDecodeError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise VideoDecodeError(f"{path}: empty file (0 bytes)")
     frames = []
+    av.logging.set_level(av.logging.ERROR)
+    av.logging.set_skip_repeated(False)  # the same damage in the next file must be seen too
     try:
-        with av.open(str(path)) as container:
+        # all threads: the decoder's threads report the damage
+        with av.logging.Capture(False) as ffmpeg_log, av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoDecodeError(f"{path}: no video stream")
             stream = container.streams.video[0]
@@ -46,9 +51,11 @@ def decode_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
     except VideoDecodeError:
         raise
     except Exception as e:  # PyAV raises many error types for damaged files
-        if not frames:
-            raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
-        # A truncated file: keep the frames decoded before the damage (what every decoder does).
+        raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})"
+                               + (f" after {len(frames)} frames" if frames else "")) from e
+    errors = [message.strip() for level, _, message in ffmpeg_log if level <= av.logging.ERROR]
+    if errors:
+        raise VideoDecodeError(f"{path}: damaged (truncated or corrupt) after {len(frames)} frames: {errors[0]}")
     if not frames:
         raise VideoDecodeError(f"{path}: no decodable frames")
     return np.stack(frames)

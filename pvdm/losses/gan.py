@@ -47,15 +47,19 @@ def feature_matching_loss(feats_fake: list[torch.Tensor], feats_real: list[torch
 
 
 def select_frames(
-    x: torch.Tensor, x_hat: torch.Tensor, generator: torch.Generator | None = None
+    x: torch.Tensor, x_hat: torch.Tensor, generator: torch.Generator | None = None,
+    index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One uniformly random frame per clip: ``[B, C, T, H, W]`` x2 -> ``[B, C, H, W]`` x2 and the indices ``[B]``.
 
-    The indices are drawn on ``generator``'s device (so a CPU generator gives the same frames for CPU
-    and GPU inputs), or from the global RNG of the input's device when no generator is given.
+    ``index`` gives the frames (a rank's share of draws made for the global batch); otherwise they
+    are drawn on ``generator``'s device (so a CPU generator gives the same frames for CPU and GPU
+    inputs), or from the global RNG of the input's device when no generator is given.
     """
     b, _, t = x.shape[:3]
-    if generator is not None:
+    if index is not None:
+        idx = index.to(x.device)
+    elif generator is not None:
         idx = torch.randint(0, t, (b,), generator=generator, device=generator.device).to(x.device)
     else:
         idx = torch.randint(0, t, (b,), device=x.device)
@@ -100,7 +104,6 @@ class AutoencoderLoss(nn.Module):
         lpips_net: str = "vgg",
         disc_ndf: int | None = 64,
         disc_layers: int = 3,
-        sync_bn: bool = False,
     ):
         """``disc_ndf=None`` builds no discriminators (stage 1 trains without a GAN term)."""
         super().__init__()
@@ -116,8 +119,8 @@ class AutoencoderLoss(nn.Module):
         self.lpips = LPIPS(lpips_net) if lpips_weight > 0 else None
         self.discriminator_2d = self.discriminator_3d = None
         if disc_ndf is not None:
-            self.discriminator_2d = NLayerDiscriminator(3, disc_ndf, disc_layers, sync_bn)
-            self.discriminator_3d = NLayerDiscriminator3D(3, disc_ndf, disc_layers, sync_bn)
+            self.discriminator_2d = NLayerDiscriminator(3, disc_ndf, disc_layers)
+            self.discriminator_3d = NLayerDiscriminator3D(3, disc_ndf, disc_layers)
 
     def generator_loss(
         self,
@@ -126,12 +129,13 @@ class AutoencoderLoss(nn.Module):
         gan_active: bool = False,
         last_layer: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        frame_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss for the autoencoder step. ``last_layer``: the decoder's output weight (adaptive weight only)."""
         _check_clips(x, x_hat)
         zero = x_hat.new_zeros(())
         l1 = (x - x_hat).abs().mean()
-        x2d, x_hat2d, _ = select_frames(x, x_hat, generator)  # b c h w
+        x2d, x_hat2d, _ = select_frames(x, x_hat, generator, frame_index)  # b c h w
         p = self.lpips(x2d, x_hat2d).mean() if self.lpips is not None else zero
         mse = (x - x_hat).pow(2).mean() if self.mse_weight else zero
         rec = self.l1_weight * l1 + self.mse_weight * mse + self.lpips_weight * p
@@ -165,12 +169,13 @@ class AutoencoderLoss(nn.Module):
         }
 
     def discriminator_loss(
-        self, x: torch.Tensor, x_hat: torch.Tensor, generator: torch.Generator | None = None
+        self, x: torch.Tensor, x_hat: torch.Tensor, generator: torch.Generator | None = None,
+        frame_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss for the discriminator step; ``x_hat`` is detached here."""
         _check_clips(x, x_hat)
         x_hat = x_hat.detach()
-        x2d, x_hat2d, _ = select_frames(x, x_hat, generator)  # b c h w
+        x2d, x_hat2d, _ = select_frames(x, x_hat, generator, frame_index)  # b c h w
         # Separate real and fake passes, as the original: BatchNorm sees each batch on its own.
         real_2d = self.discriminator_2d(x2d)[-1]
         fake_2d = self.discriminator_2d(x_hat2d)[-1]

@@ -7,7 +7,8 @@ checkpoint entries load as they are. Parameter counts for the original config (n
 2-D 2,766,529 and 3-D 11,057,857.
 
 Norm: the original uses SyncBatchNorm, which needs a process group in training; here plain
-BatchNorm by default and SyncBatchNorm with ``sync_bn=True`` (same keys, same numbers on one process).
+BatchNorm, converted to batch statistics over all ranks by the trainer under torchrun
+(``pvdm.train.distributed.sync_batchnorm``; same keys, same numbers on one process).
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ import torch.nn as nn
 class _PatchGAN(nn.Module):
     """Shared body; ``dims`` picks Conv2d/BatchNorm2d (frames) or Conv3d/BatchNorm3d (clips)."""
 
-    def __init__(
-        self, dims: int, in_channels: int = 3, ndf: int = 64, n_layers: int = 3, sync_bn: bool = False
-    ):
+    def __init__(self, dims: int, in_channels: int = 3, ndf: int = 64, n_layers: int = 3):
         super().__init__()
         self.dims = dims
         self.n_blocks = n_layers + 2
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
-        norm = nn.SyncBatchNorm if sync_bn else (nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)
+        norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
         k, p = 4, 2  # padding ceil((k - 1) / 2) = 2: each block grows the map by one before striding
 
         def block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -46,7 +45,7 @@ class _PatchGAN(nn.Module):
         for m in self.modules():
             if isinstance(m, conv):
                 nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
                 nn.init.normal_(m.weight, 1.0, 0.02)
                 nn.init.zeros_(m.bias)
 
@@ -65,12 +64,12 @@ class _PatchGAN(nn.Module):
 class NLayerDiscriminator(_PatchGAN):
     """2-D PatchGAN on frames ``[B, C, H, W]``; 256² input -> logits ``[B, 1, 35, 35]``."""
 
-    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3, sync_bn: bool = False):
-        super().__init__(2, in_channels, ndf, n_layers, sync_bn)
+    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3):
+        super().__init__(2, in_channels, ndf, n_layers)
 
 
 class NLayerDiscriminator3D(_PatchGAN):
     """3-D PatchGAN on clips ``[B, C, T, H, W]``; 16×256² input -> logits ``[B, 1, 5, 35, 35]``."""
 
-    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3, sync_bn: bool = False):
-        super().__init__(3, in_channels, ndf, n_layers, sync_bn)
+    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3):
+        super().__init__(3, in_channels, ndf, n_layers)

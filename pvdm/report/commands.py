@@ -188,6 +188,30 @@ Examples:
   pvdm publish --config config/ucf101.yaml --git-add --push"""
 
 
+def register_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="what the config's DAG costs: jobs, GPUs per job and GPU-hours per rule",
+        description="For each rule of the config's DAG: the jobs, the GPUs each asks for (resources.<stage>) "
+        "and the GPU-hours estimated from measured throughput (benchmarks/results/throughput.json, written by "
+        "benchmarks/gpu_suite.py on a GPU; the GPU it was measured on is printed) or, where nothing was "
+        "measured, from the paper's published figures (marked). A rule without a rate says so.",
+    )
+    _add_config_args(p)
+    p.add_argument("--throughput", type=Path, default=None,
+                   help="throughput file (default: benchmarks/results/throughput.json under --repo)")
+    p.set_defaults(func=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> None:
+    from pvdm.report.cost import THROUGHPUT, plan_costs, to_markdown
+
+    cfg, exps = _config_and_experiments(args)
+    cfg = {**cfg, "targets": exps}
+    costs, measured_on = plan_costs(cfg, args.throughput or args.repo / THROUGHPUT)
+    print(to_markdown(costs, measured_on), end="")
+
+
 def register_publish(sub: argparse._SubParsersAction) -> None:
     """`pvdm publish` (dvc add + git add + dvc push of published artifacts) and `pvdm pull-metrics`."""
     p = sub.add_parser(

@@ -23,6 +23,7 @@ from pvdm.data.store import ClipStore
 from pvdm.eval.autoencoder import recon_metrics, reconstruct
 from pvdm.losses.gan import AutoencoderLoss
 from pvdm.models.autoencoder import AutoencoderConfig, TriplaneAutoencoder
+from pvdm.train import distributed
 from pvdm.train.early_stopping import DivergenceGuard, EarlyStopping
 from pvdm.train.loop import TrainingRun
 from pvdm.utils.io import atomic_write_json
@@ -63,11 +64,12 @@ def train_autoencoder(
         out_dir, run_cfg, seed=exp["seed"], steps=tcfg["steps"], save_every=tcfg["save_every"],
         log_every=tcfg["log_every"], max_steps=max_steps, device=device, desc=f"autoencoder {stage}",
     ) as run:
+        run.check_batch(tcfg["batch_size"], f"autoencoder.{stage}.batch_size")
         model = (load_initial(init, model_cfg) if init is not None else TriplaneAutoencoder(model_cfg)).to(run.device)
         gan_settings = {k: tcfg[k] for k in GAN_KEYS} if gan else {"disc_ndf": None}  # stage 1: no discriminators
         loss_fn = AutoencoderLoss(
             l1_weight=tcfg["l1_weight"], lpips_weight=tcfg["lpips_weight"], mse_weight=tcfg["mse_weight"],
-            sync_bn=run.dist.enabled, **gan_settings,
+            **gan_settings,
         ).to(run.device)
         opt_g = adamw(model.parameters(), tcfg)
         fp16 = run.device.type == "cuda" and tcfg["amp"] == "fp16"
@@ -75,6 +77,11 @@ def train_autoencoder(
         run.register(model=model, opt_g=opt_g, scaler_g=scaler_g)
         stopper = guard = None
         if gan:
+            for name in ("discriminator_2d", "discriminator_3d"):
+                setattr(loss_fn, name, distributed.sync_batchnorm(getattr(loss_fn, name), run.dist))
+            if run.dist.enabled:
+                log.info("discriminator batch statistics over all ranks: %s",
+                         "SyncBatchNorm" if run.device.type == "cuda" else "CrossRankBatchNorm (gloo)")
             opt_d = adamw([*loss_fn.discriminator_2d.parameters(), *loss_fn.discriminator_3d.parameters()], tcfg)
             scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
             stopper = EarlyStopping(tcfg["monitor"], tcfg["patience"], tcfg["min_delta"])
@@ -84,11 +91,8 @@ def train_autoencoder(
         run.resume()
 
         ddp_model = model
-        if run.dist.enabled:
+        if run.dist.enabled:  # the discriminators are not wrapped: they run twice per backward
             ddp_model = DDP(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-            if gan:
-                loss_fn.discriminator_2d = DDP(loss_fn.discriminator_2d)
-                loss_fn.discriminator_3d = DDP(loss_fn.discriminator_3d)
         frames, accum = model_cfg.frames, tcfg["grad_accum"]
         batches = ClipBatches(train_store, tcfg["batch_size"], frames, exp["seed"], run.dist.rank, run.dist.world_size)
         last_layer = model.to_pixel[1].weight if gan and tcfg["adaptive_gan_weight"] else None
@@ -96,10 +100,18 @@ def train_autoencoder(
         def micro_batch(m: int) -> torch.Tensor:
             return to_model_range(batches.get(m).to(run.device, non_blocking=True))  # b c t h w
 
+        def frame_index(gen: torch.Generator) -> torch.Tensor:
+            # The LPIPS / 2-D discriminator frame of each clip, drawn for the global batch: the
+            # same frames whatever the number of ranks.
+            return torch.randint(0, frames, (tcfg["batch_size"],), generator=gen)[batches.local_slice]
+
         def evaluate(step: int) -> None:
             # LPIPS costs a VGG pass per frame: only when it is the monitored metric.
             metrics = recon_metrics(model, test_store, tcfg["eval_videos"], frames, device=run.device,
                                     with_lpips=stopper.monitor == "lpips")
+            # Every rank evaluates the same model on the same clips; the mean makes the decision one.
+            metrics = {**metrics, **distributed.mean_across_ranks(
+                {k: v for k, v in metrics.items() if k != "num_videos"}, run.dist)}
             improved = stopper.update(step, metrics)
             log.info("eval step %d: %s%s", step, {k: round(v, 4) for k, v in metrics.items()},
                      " (best)" if improved else "")
@@ -122,7 +134,7 @@ def train_autoencoder(
                 with run.autocast(tcfg["amp"]):
                     x_hat = ddp_model(x)
                     terms = loss_fn.generator_loss(x, x_hat.float(), gan_active=gan, last_layer=last_layer,
-                                                   generator=gen)
+                                                   frame_index=frame_index(gen))
                 scaler_g.scale(terms["total"] / accum).backward()
                 for k, v in terms.items():
                     g_terms[k] = g_terms.get(k, 0.0) + v.item() / accum
@@ -131,11 +143,13 @@ def train_autoencoder(
             values = {f"g/{k}": v for k, v in g_terms.items()}
             # --- discriminator phase
             if gan:
+                micro_batches = [micro_batch(micro + accum + j) for j in range(accum)]
                 values["d/total"] = discriminator_step(
-                    loss_fn, ddp_model, opt_d, scaler_d, [micro_batch(micro + accum + j) for j in range(accum)],
-                    run, tcfg, gen,
+                    loss_fn, ddp_model, opt_d, scaler_d, micro_batches, [frame_index(gen) for _ in range(accum)],
+                    run, tcfg,
                 )
-                reason = guard.check(g_terms["total"])
+                # Decided on the loss of the global batch: every rank stops at the same step.
+                reason = guard.check(distributed.mean_across_ranks({"g": g_terms["total"]}, run.dist)["g"])
                 if reason is not None:
                     run.stop(reason)
                     log.warning("step %d: %s; stopping (best.pt keeps the last good model)", step + 1, reason)
@@ -168,20 +182,21 @@ def discriminator_step(
     opt_d: torch.optim.Optimizer,
     scaler_d: torch.amp.GradScaler,
     micro_batches: list[torch.Tensor],
+    frame_indices: list[torch.Tensor],
     run: TrainingRun,
     tcfg: dict[str, Any],
-    gen: torch.Generator,
 ) -> float:
     """One discriminator update over the given micro-batches (reconstructions detached); its loss."""
     opt_d.zero_grad(set_to_none=True)  # drops the grads the G phase wrote into D
     total = 0.0
-    for x in micro_batches:
+    for x, index in zip(micro_batches, frame_indices, strict=True):
         with torch.no_grad(), run.autocast(tcfg["amp"]):
             x_hat = model(x)
         with run.autocast(tcfg["amp"]):
-            d_terms = loss_fn.discriminator_loss(x, x_hat.float(), generator=gen)
+            d_terms = loss_fn.discriminator_loss(x, x_hat.float(), frame_index=index)
         scaler_d.scale(d_terms["total"] / len(micro_batches)).backward()
         total += d_terms["total"].item() / len(micro_batches)
+    distributed.average_gradients(list(opt_d.param_groups[0]["params"]), run.dist)
     scaler_d.unscale_(opt_d)
     for disc in (loss_fn.discriminator_2d, loss_fn.discriminator_3d):
         torch.nn.utils.clip_grad_norm_(disc.parameters(), tcfg["d_grad_clip"])

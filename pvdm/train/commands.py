@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from pvdm.cli_options import add_experiment_args, add_options, resolve_experiment
+
+log = logging.getLogger("pvdm")
 
 RESUME_NOTE = (
     "The complete training state is saved atomically to OUT/state.pt every `save_every` steps; "
@@ -92,7 +95,23 @@ def register_diffusion(sub: argparse._SubParsersAction) -> None:
         choices=["ema", "raw", "untrained"],
         help="which weights --diffusion holds, for the sampler card (default: ema if sampling.ema, else raw)",
     )
+    p.add_argument(
+        "--shard",
+        help="KofN: draw only the K-th of N contiguous ranges of the samples into OUT/shards/KofN.npy "
+        "(`pvdm gather-samples` puts the N shards together); default: the whole set, gathered at once",
+    )
     p.set_defaults(func=run_sample)
+
+    p = sub.add_parser(
+        "gather-samples",
+        help="put the shards of a sample set together: clip store, previews, samples.json",
+        description="Read OUT/shards/KofN.npy (K = 0..N-1, written by `pvdm sample --shard`), check that they "
+        "were made with the same settings and cover every sample once, and write OUT/clips (clip store), "
+        "OUT/preview.{mp4,gif} and OUT/samples.json. The result is the same as one `pvdm sample` job.",
+    )
+    p.add_argument("--shards", required=True, type=int, help="N, the number of shards")
+    add_options(p, out="the sample set's folder (the --out of the shard jobs)")
+    p.set_defaults(func=run_gather)
 
     p = sub.add_parser(
         "import-pvdm",
@@ -124,11 +143,13 @@ def run_diffusion(args: argparse.Namespace) -> None:
 def run_sample(args: argparse.Namespace) -> None:
     from pvdm.config import validate
     from pvdm.diffusion.samplers import Sampler
-    from pvdm.sample import generate
+    from pvdm.plan import parse_shard
+    from pvdm.sample import sample_shard
 
     _, exp = resolve_experiment(args)
     s = validate(dict(exp.get("sampling", {})), "sampling", definition="sampling")
-    generate(
+    shard, shards = parse_shard(args.shard or "000of001")
+    path = sample_shard(
         args.autoencoder,
         args.diffusion,
         args.out,
@@ -140,7 +161,21 @@ def run_sample(args: argparse.Namespace) -> None:
         amp=s["amp"],
         device=args.device,
         weights=args.weights or ("ema" if s["ema"] else "raw"),
+        shard=shard,
+        shards=shards,
     )
+    if args.shard is None:
+        from pvdm.sample import gather_samples
+
+        gather_samples(args.out, 1, remove_shards=True)
+    else:
+        log.info("wrote %s", path)
+
+
+def run_gather(args: argparse.Namespace) -> None:
+    from pvdm.sample import gather_samples
+
+    gather_samples(args.out, args.shards)
 
 
 def run_import(args: argparse.Namespace) -> None:

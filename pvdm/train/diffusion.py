@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,49 +47,53 @@ class LatentCache:
     """Latents of fixed windows of every stored clip, encoded once (``cache_latents: true``).
 
     Windows start at multiples of ``stride`` (stride = T gives exactly the two halves). Stored as
-    one float32 array ``[N, W, C, L]`` in ``latents.npy`` with the autoencoder's sha256, so a
-    different autoencoder never reuses it.
+    float32 shards ``[n, W, C, L]`` of ``SHARD`` clips each in ``folder/shard_<k>.npy``, beside
+    ``folder/meta.json`` (the autoencoder's sha256, the store, its size, the offsets): a different
+    autoencoder or store never reuses them. Under torchrun every rank encodes every world-size-th
+    shard, so no rank waits at a barrier while another encodes the whole set; a killed build
+    resumes from the shards already written.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        ae: TriplaneAutoencoder,
-        ae_sha: str,
-        store: ClipStore,
-        stride: int,
-        device: torch.device,
-        batch_size: int = 16,
-    ):
+    SHARD = 256
+
+    def __init__(self, folder: Path, ae: TriplaneAutoencoder, ae_sha: str, store: ClipStore, stride: int,
+                 d: distributed.Dist, batch_size: int = 16):
         t = ae.cfg.frames
         self.offsets = list(range(0, store.frames - t + 1, stride))
-        meta = {
-            "autoencoder_sha256": ae_sha,
-            "store": str(store.path),
-            "clips": len(store),
-            "offsets": self.offsets,
-        }
-        meta_path = path.with_suffix(".json")
-        if path.exists() and meta_path.exists() and read_json(meta_path) == meta:
-            self.latents = np.load(path, mmap_mode="r")
-            return
-        log.info(
-            "encoding %d clips x %d windows into the latent cache %s", len(store), len(self.offsets), path
-        )
-        out = np.empty((len(store), len(self.offsets), ae.cfg.embed_dim, ae.cfg.latent_length), np.float32)
-        with Progress(len(store), "latent cache") as bar:
-            for start in range(0, len(store), batch_size):
-                clips = torch.from_numpy(np.array(store.clips[start : start + batch_size]))
-                x = to_model_range(clips.to(device))  # b c T h w
-                for j, o in enumerate(self.offsets):
-                    with torch.no_grad():
-                        out[start : start + len(clips), j] = (
-                            ae.encode(x[:, :, o : o + t]).float().cpu().numpy()
-                        )
-                bar.update(len(clips))
-        atomic_save_npy(path, out)
-        atomic_write_json(meta_path, meta)
-        self.latents = out
+        meta = {"autoencoder_sha256": ae_sha, "store": str(store.path), "clips": len(store), "offsets": self.offsets,
+                "shard_clips": self.SHARD}
+        meta_path = folder / "meta.json"
+        if d.is_main:
+            if folder.exists() and (not meta_path.exists() or read_json(meta_path) != meta):
+                log.info("%s belongs to another autoencoder or store: encoding again", folder)
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(meta_path, meta)
+        distributed.barrier(d)
+        n_shards = -(-len(store) // self.SHARD)
+        paths = [folder / f"shard_{k:05d}.npy" for k in range(n_shards)]
+        mine = [k for k in range(d.rank, n_shards, d.world_size) if not paths[k].exists()]
+        if mine:
+            log.info("encoding %d of %d latent-cache shards (%d clips x %d windows) into %s",
+                     len(mine), n_shards, len(store), len(self.offsets), folder)
+        with Progress(len(mine), "latent cache shards") as bar:
+            for k in mine:
+                lo, hi = k * self.SHARD, min((k + 1) * self.SHARD, len(store))
+                out = np.empty((hi - lo, len(self.offsets), ae.cfg.embed_dim, ae.cfg.latent_length), np.float32)
+                for start in range(lo, hi, batch_size):
+                    stop = min(start + batch_size, hi)
+                    x = to_model_range(torch.from_numpy(np.array(store.clips[start:stop])).to(d.device))  # b c T h w
+                    for j, o in enumerate(self.offsets):
+                        with torch.no_grad():
+                            out[start - lo : stop - lo, j] = ae.encode(x[:, :, o : o + t]).float().cpu().numpy()
+                atomic_save_npy(paths[k], out)
+                bar.update(1)
+        distributed.barrier(d)
+        self.shards = [np.load(p, mmap_mode="r") for p in paths]
+
+    def window(self, clip: int, w: int) -> np.ndarray:
+        """Latent ``# c l`` of window ``w`` of clip ``clip``."""
+        return self.shards[clip // self.SHARD][clip % self.SHARD, w]
 
 
 def train_diffusion(
@@ -109,6 +114,7 @@ def train_diffusion(
         out_dir, run_cfg, seed=exp["seed"], steps=tcfg["steps"], save_every=tcfg["save_every"],
         log_every=tcfg["log_every"], max_steps=max_steps, device=device, desc="diffusion",
     ) as run:
+        run.check_batch(tcfg["batch_size"], "diffusion.train.batch_size")
         ae = load_autoencoder(autoencoder, map_location="cpu").to(run.device).eval().requires_grad_(False)
         t = ae.cfg.frames
         check_inputs(store, ae, tcfg)
@@ -126,12 +132,7 @@ def train_diffusion(
         schedule = NoiseSchedule()
         cache = None
         if tcfg["cache_latents"]:
-            # The main rank encodes (or finds) the cache; the others load it once it is written.
-            if run.dist.is_main:
-                cache = LatentCache(out_dir / "latents.npy", ae, ae_sha, store, tcfg["cache_stride"], run.device)
-            distributed.barrier(run.dist)
-            if cache is None:
-                cache = LatentCache(out_dir / "latents.npy", ae, ae_sha, store, tcfg["cache_stride"], run.device)
+            cache = LatentCache(out_dir / "latents", ae, ae_sha, store, tcfg["cache_stride"], run.dist)
         batches = ClipBatches(store, tcfg["batch_size"], store.frames, exp["seed"], run.dist.rank, run.dist.world_size)
         local = batches.local_slice  # this rank's rows of the global batch
 
@@ -143,11 +144,11 @@ def train_diffusion(
                 offsets = cache.offsets
                 if conditional:
                     first, second = offsets.index(0), offsets.index(t)
-                    z = torch.from_numpy(np.stack([cache.latents[i, second] for i in idx])).to(run.device)
-                    c = torch.from_numpy(np.stack([cache.latents[i, first] for i in idx])).to(run.device)
+                    z = torch.from_numpy(np.stack([cache.window(i, second) for i in idx])).to(run.device)
+                    c = torch.from_numpy(np.stack([cache.window(i, first) for i in idx])).to(run.device)
                     return z, c
                 w = torch.randint(0, len(offsets), (tcfg["batch_size"],), generator=gen)[local]
-                z = torch.from_numpy(np.stack([cache.latents[i, j] for i, j in zip(idx, w.tolist(), strict=True)]))
+                z = torch.from_numpy(np.stack([cache.window(i, j) for i, j in zip(idx, w.tolist(), strict=True)]))
                 return z.to(run.device), None
             x = to_model_range(batches.get(step).to(run.device, non_blocking=True))  # b c T h w
             with torch.no_grad(), run.autocast(tcfg["amp"]):
@@ -177,7 +178,7 @@ def train_diffusion(
             opt.step()
             done = step + 1
             ema.update(model, done)
-            value = loss.item()
+            value = distributed.mean_across_ranks({"loss": loss.item()}, run.dist)["loss"]  # NaN anywhere: NaN everywhere
             if not np.isfinite(value):
                 raise FloatingPointError(
                     f"diffusion loss is {value} at step {done}; the last good state is {run.state_path}"

@@ -64,6 +64,12 @@ class TrainingRun:
         self._bar: Progress | None = None
         torch.manual_seed(seed)
 
+    def check_batch(self, batch: int, key: str) -> None:
+        """The global batch is the config's whatever the process count: it must split evenly."""
+        if batch % self.dist.world_size:
+            raise ValueError(f"{key} = {batch} does not split over {self.dist.world_size} processes (each rank "
+                             f"takes batch / processes); choose a multiple of {self.dist.world_size}")
+
     # --- state -------------------------------------------------------------------------------------
 
     def register(self, **parts: Any) -> None:

@@ -11,9 +11,9 @@ rule train_autoencoder:
         f"{L.benchmarks}/train_autoencoder.tsv"
     conda:
         "../envs/pvdm.yaml"
-    threads: 2
+    threads: PLAN.threads("train_autoencoder")
     resources:
-        gpu=1,
+        **PLAN.resources("train_autoencoder"),
     params:
         settings=lambda w: PLAN[w.exp].settings(
             "autoencoder.model", "autoencoder.stage1"
@@ -21,7 +21,7 @@ rule train_autoencoder:
         data=lambda w: PLAN[w.exp].path(L.data),
         out=lambda w: PLAN[w.exp].path(L.stage1),
     shell:
-        "pvdm train-autoencoder --settings {params.settings:q} --data {params.data} "
+        "pvdm --nproc {resources.nproc} train-autoencoder --settings {params.settings:q} --data {params.data} "
         "--out {params.out} > {log} 2>&1"
 
 
@@ -40,13 +40,13 @@ rule finetune_gan:
         f"{L.benchmarks}/finetune_gan.tsv"
     conda:
         "../envs/pvdm.yaml"
-    threads: 2
+    threads: PLAN.threads("finetune_gan")
     resources:
-        gpu=1,
+        **PLAN.resources("finetune_gan"),
     params:
         settings=lambda w: PLAN[w.exp].settings("autoencoder.model", "autoencoder.gan"),
         data=lambda w: PLAN[w.exp].path(L.data),
         out=lambda w: PLAN[w.exp].path(L.gan),
     shell:
-        "pvdm finetune-gan --settings {params.settings:q} --data {params.data} --init {input.init} "
+        "pvdm --nproc {resources.nproc} finetune-gan --settings {params.settings:q} --data {params.data} --init {input.init} "
         "--out {params.out} > {log} 2>&1"

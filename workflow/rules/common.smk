@@ -1,6 +1,8 @@
 # Everything a rule needs beyond its declaration comes from the experiment plan (pvdm.plan): paths,
 # the checkpoints each stage reads, the sampler, sample counts, the table rows.
 import json
+import os
+import sys
 
 from pvdm.config import validate as pvdm_validate
 from pvdm.plan import Layout as L
@@ -11,3 +13,8 @@ pvdm_validate(config, " + ".join(map(str, workflow.configfiles)) or "config")
 PLAN = Plan(config)
 # The paper's reported numbers ship with the workflow (absolute: works with --directory too).
 REPORTED_NUMBERS = f"{workflow.basedir}/config/paper/pvdm_reported.csv"
+# Jobs run the pvdm installed beside the Python that runs Snakemake: a venv's snakemake called
+# without activating the venv works, and so do Slurm jobs (their Snakemake reads this file too).
+os.environ["PATH"] = os.pathsep.join(
+    [os.path.dirname(sys.executable), os.environ.get("PATH", "")]
+)

@@ -21,7 +21,9 @@ rule prepare_data:
         f"{L.logs}/prepare_data.log",
     conda:
         "../envs/pvdm.yaml"
-    threads: 2
+    threads: PLAN.threads("prepare_data")
+    resources:
+        **PLAN.resources("prepare_data"),
     params:
         settings=lambda w: PLAN[w.exp].settings("data"),
         out=lambda w: PLAN[w.exp].path(L.data),

@@ -13,15 +13,15 @@ rule train_diffusion:
         f"{L.benchmarks}/train_diffusion.tsv"
     conda:
         "../envs/pvdm.yaml"
-    threads: 2
+    threads: PLAN.threads("train_diffusion")
     resources:
-        gpu=1,
+        **PLAN.resources("train_diffusion"),
     params:
         settings=lambda w: PLAN[w.exp].settings("diffusion"),
         data=lambda w: PLAN[w.exp].path(L.data),
         out=lambda w: PLAN[w.exp].path(L.diffusion),
     shell:
-        "pvdm train-diffusion --settings {params.settings:q} --data {params.data} "
+        "pvdm --nproc {resources.nproc} train-diffusion --settings {params.settings:q} --data {params.data} "
         "--autoencoder {input.autoencoder} --out {params.out} > {log} 2>&1"
 
 
@@ -30,20 +30,20 @@ rule sample:
         autoencoder=lambda w: PLAN[w.exp].autoencoder_checkpoint,
         diffusion=lambda w: PLAN[w.exp].diffusion_checkpoint(w.kind),
     output:
-        card=f"{L.samples}/samples.json",
-        preview=f"{L.samples}/preview.mp4",
+        temp(L.sample_shard),
     log:
-        f"{L.logs}/sample_{{kind}}{{frames}}.log",
+        f"{L.logs}/sample_{{kind}}{{frames}}_{{shard}}.log",
     benchmark:
-        f"{L.benchmarks}/sample_{{kind}}{{frames}}.tsv"
+        f"{L.benchmarks}/sample_{{kind}}{{frames}}_{{shard}}.tsv"
     wildcard_constraints:
         kind="model|untrained",
         frames="[0-9]+",
+        shard="[0-9]+of[0-9]+",
     conda:
         "../envs/pvdm.yaml"
-    threads: 2
+    threads: PLAN.threads("sample")
     resources:
-        gpu=1,
+        **PLAN.resources("sample"),
     params:
         settings=lambda w: PLAN[w.exp].settings("sampling"),
         num=lambda w: PLAN[w.exp].sample_count(int(w.frames)),
@@ -52,7 +52,30 @@ rule sample:
     shell:
         "pvdm sample --settings {params.settings:q} --autoencoder {input.autoencoder} "
         "--diffusion {input.diffusion} --weights {params.weights} --frames {wildcards.frames} "
-        "--num-videos {params.num} --out {params.out} > {log} 2>&1"
+        "--num-videos {params.num} --shard {wildcards.shard} --out {params.out} > {log} 2>&1"
+
+
+rule gather_samples:
+    input:
+        lambda w: [
+            PLAN[w.exp].path(L.sample_shard, kind=w.kind, frames=w.frames, shard=s)
+            for s in PLAN[w.exp].shards(int(w.frames))
+        ],
+    output:
+        card=f"{L.samples}/samples.json",
+        preview=f"{L.samples}/preview.mp4",
+    log:
+        f"{L.logs}/gather_samples_{{kind}}{{frames}}.log",
+    wildcard_constraints:
+        kind="model|untrained",
+        frames="[0-9]+",
+    conda:
+        "../envs/pvdm.yaml"
+    params:
+        out=lambda w: PLAN[w.exp].path(L.samples, kind=w.kind, frames=w.frames),
+        shards=lambda w: len(PLAN[w.exp].shards(int(w.frames))),
+    shell:
+        "pvdm gather-samples --shards {params.shards} --out {params.out} > {log} 2>&1"
 
 
 rule import_released:

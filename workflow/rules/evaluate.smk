@@ -10,9 +10,9 @@ rule eval_recon:
         f"{L.benchmarks}/eval_recon.tsv"
     conda:
         "../envs/pvdm.yaml"
-    threads: 2
+    threads: PLAN.threads("eval_recon")
     resources:
-        gpu=1,
+        **PLAN.resources("eval_recon"),
     params:
         data=lambda w: PLAN[w.exp].path(L.data),
         ev=lambda w: PLAN[w.exp].cfg["eval"],
@@ -37,9 +37,9 @@ rule eval_fvd:
         frames="[0-9]+",
     conda:
         "../envs/pvdm.yaml"
-    threads: 2
+    threads: PLAN.threads("eval_fvd")
     resources:
-        gpu=1,
+        **PLAN.resources("eval_fvd"),
     params:
         real=lambda w: PLAN[w.exp].real_store(int(w.frames)),
         fake=lambda w: PLAN[w.exp].path(L.sample_clips, kind=w.kind, frames=w.frames),
