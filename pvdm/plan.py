@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pvdm.diffusion.samplers import Sampler
@@ -41,10 +42,12 @@ class Layout:
     diffusion = "results/{exp}/diffusion"
     samples = "results/{exp}/samples/{kind}{frames}"
     sample_clips = "results/{exp}/samples/{kind}{frames}/clips"
+    sample_card = "results/{exp}/samples/{kind}{frames}/samples.json"
     sample_shard = "results/{exp}/samples/{kind}{frames}/shards/{shard}.npy"  # shard: "002of008"
     metrics = "results/{exp}/metrics"
     fvd = "results/{exp}/metrics/fvd{frames}_{kind}.json"
     recon = "results/{exp}/metrics/recon.json"
+    inception = "results/{exp}/metrics/is{frames}_model.json"
     feature_cache = "results/{exp}/metrics/feature_cache"
     logs = "results/{exp}/logs"
     benchmarks = "benchmarks/{exp}"
@@ -110,6 +113,22 @@ class ExperimentPlan:
         if s["long_videos"] and self.cfg["data"]["long_frames"]:
             return s["long_frames"]
         return None
+
+    @property
+    def inception_score(self) -> bool:
+        """The IS of the model's clips is computed (eval.c3d_dir names the C3D archives)."""
+        return self.samples and self.evaluates and self.cfg["eval"]["c3d_dir"] is not None
+
+    def c3d_archives(self) -> list[str]:
+        """The two archives of the UCF-101 C3D in eval.c3d_dir; missing ones are a config error."""
+        from pvdm.eval.c3d import MEAN_NPZ, WEIGHTS_NPZ, missing_archives_message
+
+        folder = Path(self.cfg["eval"]["c3d_dir"])
+        paths = [folder / WEIGHTS_NPZ, folder / MEAN_NPZ]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise ValueError(f"experiments.{self.id}.eval.c3d_dir: " + missing_archives_message(missing, folder))
+        return [str(p) for p in paths]
 
     @property
     def untrained_baseline(self) -> bool:
@@ -185,6 +204,8 @@ class ExperimentPlan:
             return []
         out = [self.path(Layout.recon)]
         out += [self.path(Layout.fvd, kind=k, frames=f) for k, f in self.sample_runs()]
+        if self.inception_score:
+            out.append(self.path(Layout.inception, frames=self.clip_length))
         return out
 
     @property
@@ -211,6 +232,8 @@ class ExperimentPlan:
         row["kind"] = "released" if self.released else "ours"
         if self.cfg["paper_variant"]:
             row["paper_variant"] = self.cfg["paper_variant"]
+        if self.inception_score:
+            row["inception"] = self.path(Layout.inception, frames=t)
         rows = [{**row, **fvd, "recon": self.path(Layout.recon)}]
         if self.untrained_baseline:
             rows.append({

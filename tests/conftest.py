@@ -122,3 +122,20 @@ def ucf_tree(tmp_path: Path) -> Path:
 @pytest.fixture
 def real_video_paths() -> dict[str, Path]:
     return {name: VIDEOS / name for name in REAL_VIDEOS}
+
+
+def make_c3d_archives(root: Path) -> Path:
+    """conv3d_deepnetA_ucf.npz + mean2.npz with random values, in the layout tgan2's save_npz writes (the
+    real archives cannot be downloaded here)."""
+    from pvdm.eval import c3d
+
+    rng = np.random.default_rng(0)
+    weights = {}
+    for key, shape in c3d.npz_shapes().items():
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        std = np.sqrt(2 / fan_in) if key.endswith("/W") else 0.01  # He init keeps activations finite
+        weights[key] = (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float32)
+    np.savez(root / c3d.WEIGHTS_NPZ, **weights)
+    mean = rng.uniform(80, 120, size=(3, 16, 128, 171))  # float64, as a Caffe mean converted by numpy
+    np.savez(root / c3d.MEAN_NPZ, mean=mean)
+    return root

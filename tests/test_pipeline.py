@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import DATA, REPO, TINY_AE
+from conftest import DATA, REPO, TINY_AE, make_c3d_archives
 
 from pvdm.checkpoints import save_autoencoder, save_diffusion
-from pvdm.eval.records import FVDRecord, ReconRecord
+from pvdm.eval.records import FVDRecord, ISRecord, ReconRecord
 from pvdm.models.autoencoder import AutoencoderConfig, TriplaneAutoencoder
 from pvdm.models.unet import TriplaneUNet, UNetConfig
 
@@ -37,13 +37,17 @@ def jobs_planned(out: str) -> dict[str, int]:
 
 
 def test_full_pipeline_tiny(tmp_path):
+    # The Inception Score runs through the DAG on archives of random C3D weights in the real layout.
+    tiny = yaml.safe_load((DATA / "tiny.yaml").read_text())
+    tiny["experiments"]["tiny"]["eval"].update(c3d_dir=str(make_c3d_archives(tmp_path)), is_splits=2)
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text((DATA / "tiny.yaml").read_text())
+    cfg.write_text(yaml.safe_dump(tiny))
     run = snakemake(tmp_path, "--configfile", str(cfg))
     assert run.returncode == 0, run.stderr[-4000:]
     res = tmp_path / "results"
     table = (res / "paper" / "table1.md").read_text()
     assert "Tiny (CI)" in table and "untrained U-Net" in table and "real vs real" in table
+    assert "| IS |" in table and "Inception Score, isv2048_ucf (StyleGAN-V) / TGANv2 C3D: N=4" in table
     # The machine-readable table (`dvc metrics`) holds exactly the numbers of the metric files.
     rows = json.loads((res / "paper" / "table1.json").read_text())["rows"]
     assert list(rows) == ["tiny", "tiny_untrained", "tiny_floor"]
@@ -60,6 +64,9 @@ def test_full_pipeline_tiny(tmp_path):
     card = fvd16.protocol
     assert card["num_fake"] == 4 and card["frames"] == 16 and len(card["i3d_weights_sha256"]) == 64
     assert card["sampler"] == "ddim3_eta1" and card["ema"] is True  # from the samples' card
+    assert fvd16.interval["method"] == "fixed_n" and fvd16.interval95[0] < fvd16.value < fvd16.interval95[1]
+    score = ISRecord.read(metrics / "is16_model.json")
+    assert rows["tiny"]["is"] == score.value and score.num_videos == 4 and score.splits == 2 and score.value >= 1
     history = json.loads((res / "tiny" / "autoencoder" / "gan" / "history.json").read_text())
     assert [e["step"] for e in history["evaluations"]][:2] == [0, 1] and history["stopped_at"] <= 3
     for fig in ("autoencoder", "diffusion", "samples"):

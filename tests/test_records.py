@@ -25,6 +25,17 @@ def test_round_trips_keep_the_on_disk_format(tmp_path):
     assert ReconRecord.read(tmp_path / "recon.json") == recon
 
 
+def test_files_written_before_the_fixed_n_interval_still_read(tmp_path):
+    # Metric files from before the half-sample interval name its description "bootstrap".
+    m = json.loads((REPORT / "ucf_ours_fvd16.json").read_text())
+    m["bootstrap"] = m.pop("interval")
+    del m["expected_bias"]
+    (tmp_path / "old.json").write_text(json.dumps(m))
+    record = FVDRecord.read(tmp_path / "old.json")
+    assert record.interval == m["bootstrap"] and record.expected_bias is None
+    assert record.interval95 == tuple(m["interval95"])
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

@@ -201,7 +201,9 @@ def test_table_all_files_missing_does_not_crash(tmp_path):
     t = build_table(rows, REPORTED, base_dir=tmp_path)
     assert list(t.display.loc[0, ["FVD16", "FVD128", "R-FVD", "PSNR"]]) == ["n/a"] * 4
     assert t.display.loc[0, "FVD16 paper"] == "398.9 (S)"
-    assert len(t.footnotes) == 3
+    # three missing files, and the UCF-101 row says why its Inception Score is absent
+    assert len(t.footnotes) == 4 and "eval.c3d_dir" in t.footnotes[-1][1]
+    assert t.display.loc[0, "IS"].startswith("not computed")
 
 
 @pytest.mark.parametrize("content, message", [
@@ -377,5 +379,5 @@ def test_fixture_files_are_valid_metric_files():
     for name in ("ucf_ours_fvd16.json", "ucf_ours_fvd128.json", "sky_released_fvd16.json",
                  "mnist_untrained_fvd16.json"):
         m = FVDRecord.read(DATA / name)
-        assert m.metric == m.protocol["metric"] and m.value_eig is not None and "rounds" in m.bootstrap
+        assert m.metric == m.protocol["metric"] and m.value_eig is not None and "rounds" in m.interval
         assert FVDRecord.from_json(m.to_json(), name) == m  # the round trip keeps everything

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -101,7 +102,11 @@ def test_default_target_dry_run(tmp_path):
     }
     paper = snakemake("-n", "--cores", "1", "--configfile", str(REPO / "config" / "ucf101.yaml"), cwd=tmp_path)
     assert paper.returncode == 0, paper.stderr[-2000:]
-    assert planned_jobs(paper.stdout)["download_dataset"] == 1 and planned_jobs(paper.stdout)["sample"] == 2
+    jobs = planned_jobs(paper.stdout)
+    # two sample sets (16-frame clips and 128-frame videos), each scattered over resources.sample.shards jobs
+    shards = yaml.safe_load((REPO / "config" / "ucf101.yaml").read_text())["experiments"]["ucf101"]["resources"]["sample"]["shards"]
+    assert shards > 1
+    assert jobs["download_dataset"] == 1 and jobs["gather_samples"] == 2 and jobs["sample"] == 2 * shards
 
 
 def test_embedded_default_is_the_default_config(tmp_path):

@@ -112,6 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--ema", choices=["yes", "no"], default=None, help="whether the EMA weights generated FAKE"
     )
     p.set_defaults(func=run_fvd)
+    register_is(sub)
     register_recon(sub)
     register_convert(sub)
 
@@ -140,6 +141,40 @@ def run_fvd(args: argparse.Namespace) -> None:
         sampler=args.sampler,
         ema=None if args.ema is None else args.ema == "yes",
     )
+
+
+def register_is(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "is",
+        help="Inception Score of generated videos with the UCF-101 C3D (StyleGAN-V isv2048_ucf)",
+        description="The first N generated videos (first --frames frames), resized to 112x112 and mean-subtracted "
+        "as TGANv2 does, through TGANv2's C3D fine-tuned on UCF-101; the softmax probabilities are shuffled "
+        "with seed 42, split in --splits parts, and the score exp(E KL(p(y|x) || p(y))) is averaged over the "
+        "splits (mean and std). The C3D weights are TGANv2's conv3d_deepnetA_ucf.npz and mean2.npz "
+        "(https://github.com/rezoo/tgan2/releases/download/v1.0/), read without pickle and converted once to "
+        "safetensors in $PVDM_WEIGHTS_DIR.",
+    )
+    p.add_argument("--fake", required=True, type=Path, help="generated videos: a clip store folder or .npy")
+    p.add_argument("--c3d-dir", type=Path, default=None,
+                   help="folder with conv3d_deepnetA_ucf.npz and mean2.npz (needed until converted once)")
+    p.add_argument("--num-videos", type=int, default=2048, help="videos scored (default %(default)s)")
+    p.add_argument("--frames", type=int, default=16, help="frames per video (C3D takes 16)")
+    p.add_argument("--splits", type=int, default=10, help="splits of the score (default %(default)s)")
+    p.add_argument("--dataset", default=None, help="dataset name for the protocol card")
+    add_options(p, "device", out="metric JSON to write (atomically)")
+    p.set_defaults(func=run_is)
+
+
+def run_is(args: argparse.Namespace) -> None:
+    from pvdm.eval.inception import evaluate_is
+    from pvdm.eval.videos import load_videos
+
+    videos, source = load_videos(args.fake)
+    record = evaluate_is(videos, num_videos=args.num_videos, frames=args.frames, splits=args.splits,
+                         device=args.device, archives_dir=args.c3d_dir, dataset=args.dataset,
+                         extra={"fake_source": source})
+    record.write(args.out)
+    log.info("%s = %.3f ± %.3f (%d splits) -> %s", record.metric, record.value, record.std, record.splits, args.out)
 
 
 def register_recon(sub: argparse._SubParsersAction) -> None:

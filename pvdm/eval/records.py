@@ -97,7 +97,8 @@ class FVDRecord:
     protocol: dict[str, Any]
     value_eig: float | None = None  # the eigenvalue cross-check
     interval95: tuple[float, float] | None = None
-    bootstrap: dict[str, Any] | None = None  # rounds, seed, method of the interval
+    interval: dict[str, Any] | None = None  # method, target, rounds, seed of interval95
+    expected_bias: float | None = None  # estimated E[FVD_N] - FVD (the finite-N bias), see pvdm.eval.intervals
     real_floor: RealFloor | None = None
     seconds: float | None = None
 
@@ -107,7 +108,8 @@ class FVDRecord:
             "value": self.value,
             "value_eig": self.value_eig,
             "interval95": list(self.interval95) if self.interval95 is not None else None,
-            "bootstrap": self.bootstrap,
+            "interval": self.interval,
+            "expected_bias": self.expected_bias,
             "real_floor": self.real_floor.to_json() if self.real_floor is not None else None,
             "protocol": self.protocol,
         }
@@ -126,7 +128,9 @@ class FVDRecord:
             protocol=_object(d, "protocol", where),
             value_eig=_number(d, "value_eig", where, optional=True),
             interval95=_interval(d, "interval95", where),
-            bootstrap=_object(d, "bootstrap", where, optional=True),
+            # files written before the half-sample interval call its description "bootstrap"
+            interval=_object(d, "interval" if "interval" in d else "bootstrap", where, optional=True),
+            expected_bias=_number(d, "expected_bias", where, optional=True),
             real_floor=RealFloor.from_json(floor, where) if floor is not None else None,
             seconds=_number(d, "seconds", where, optional=True),
         )
@@ -182,6 +186,44 @@ class ReconRecord:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> ReconRecord:
+        return cls.from_json(read_json_object(path), str(path))
+
+    def write(self, path: str | os.PathLike) -> None:
+        atomic_write_json(path, self.to_json())
+
+
+@dataclass(frozen=True)
+class ISRecord:
+    """Inception Score of generated videos with the UCF-101 C3D (``pvdm is``): mean and std over splits."""
+
+    metric: str  # e.g. "isv2048_ucf"
+    value: float
+    std: float
+    splits: int
+    num_videos: int
+    frames: int
+    protocol: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "value": self.value, "std": self.std, "splits": self.splits,
+                "num_videos": self.num_videos, "frames": self.frames, "protocol": self.protocol}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> ISRecord:
+        if not isinstance(d, dict):
+            raise RecordError(f"{where}: expected an IS metric object, got {type(d).__name__}")
+        return cls(
+            metric=str(d.get("metric", "is")),
+            value=_number(d, "value", where),
+            std=_number(d, "std", where),
+            splits=_integer(d, "splits", where),
+            num_videos=_integer(d, "num_videos", where),
+            frames=_integer(d, "frames", where),
+            protocol=_object(d, "protocol", where),
+        )
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> ISRecord:
         return cls.from_json(read_json_object(path), str(path))
 
     def write(self, path: str | os.PathLike) -> None:

@@ -26,11 +26,12 @@ from typing import Any
 
 import pandas as pd
 
-from pvdm.eval.records import FVDRecord, ReconRecord
+from pvdm.eval.records import FVDRecord, ISRecord, ReconRecord
 from pvdm.utils.io import atomic_write_json, atomic_write_text
 
 KINDS = ("ours", "released", "untrained", "real_floor")
-ROW_KEYS = ("id", "label", "dataset", "kind", "paper_variant", "fvd16", "fvd128", "recon")
+ROW_KEYS = ("id", "label", "dataset", "kind", "paper_variant", "fvd16", "fvd128", "recon", "inception")
+IS_DATASETS = ("ucf101",)  # the C3D that scores IS is a UCF-101 classifier
 CONFIDENCE = {"V": "read in the paper or its abstract", "S": "secondary source", "M": "recalled, unverified"}
 REPORTED_COLUMNS = ("method", "variant", "dataset", "metric", "split", "value", "uncertainty", "resolution",
                     "frames", "num_videos", "source", "confidence", "note")
@@ -42,8 +43,9 @@ MISSING = "n/a"
 # Table columns: each metric, followed by the paper number and the difference where the paper has one.
 FVD_METRICS = ("fvd16", "fvd128")
 RECON_METRICS = ("rfvd", "psnr", "ssim", "lpips")
-PAPER_METRICS = ("fvd16", "fvd128", "rfvd", "psnr")  # what the paper reports among our columns
-TITLES = {"fvd16": "FVD16", "fvd128": "FVD128", "rfvd": "R-FVD", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
+PAPER_METRICS = ("fvd16", "fvd128", "rfvd", "psnr", "is")  # what the paper reports among our columns
+TITLES = {"fvd16": "FVD16", "fvd128": "FVD128", "rfvd": "R-FVD", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS",
+          "is": "IS"}
 DECIMALS = {"psnr": 2, "ssim": 3, "lpips": 3}  # FVDs: 1 decimal from 100 up, else 2 (as the paper prints)
 
 
@@ -57,6 +59,7 @@ class Row:
     fvd16: str | None = None
     fvd128: str | None = None
     recon: str | None = None
+    inception: str | None = None  # IS metric file (UCF-101 rows, when the C3D weights are given)
 
 
 @dataclass
@@ -89,7 +92,7 @@ def parse_rows(rows: Any, source: str = "rows") -> list[Row]:
         for key in ("id", "label", "dataset", "kind"):
             if not isinstance(r.get(key), str) or not r[key]:
                 raise ValueError(f"{where}: '{key}' must be a non-empty string, got {r.get(key)!r}")
-        for key in ("paper_variant", "fvd16", "fvd128", "recon"):
+        for key in ("paper_variant", "fvd16", "fvd128", "recon", "inception"):
             if r.get(key) is not None and not isinstance(r[key], str):
                 raise ValueError(f"{where} ({r['id']}): '{key}' must be a string or null, got {r[key]!r}")
         if r["kind"] not in KINDS:
@@ -218,9 +221,14 @@ def describe_fvd_protocol(metric: FVDRecord, real_only: bool = False) -> str:
         parts.append(f"sampler {describe_sampler(card['sampler'])}")
     if card.get("ema") is not None and not real_only:
         parts.append("EMA" if card["ema"] else "no EMA")
-    boot = metric.bootstrap
-    if metric.interval95 is not None and isinstance(boot, dict) and boot.get("rounds") and not real_only:
-        parts.append(f"95% bootstrap, {boot['rounds']} rounds")
+    how = metric.interval or {}
+    if metric.interval95 is not None and how.get("rounds") and not real_only:
+        if how.get("method") == "fixed_n":
+            parts.append(f"95% interval of E[FVD_N] at this N (half-sample, {how['rounds']} rounds)")
+        else:  # files from before the half-sample interval
+            parts.append(f"95% {how.get('method', 'bootstrap')} interval, {how['rounds']} rounds")
+    if metric.expected_bias is not None and not real_only:
+        parts.append(f"estimated finite-N bias +{metric.expected_bias:.1f} (FVD at this N minus the population FVD)")
     code = _describe_code(card.get("code_version"))
     if code:
         parts.append(code)
@@ -429,6 +437,30 @@ def _fill_recon(cells: _RowCells, papers: dict[str, pd.Series | None], base_dir:
     return recon
 
 
+def _fill_is(cells: _RowCells, base_dir: Path, notes: _Footnotes) -> None:
+    """Inception Score (mean ± std over splits) with the UCF-101 C3D; UCF-101 rows without one say why."""
+    row = cells.row
+    if row.inception is None:
+        if row.dataset in IS_DATASETS and row.kind in ("ours", "released"):
+            cells.put("is", "not computed", notes.mark(
+                "IS needs the TGANv2 UCF-101 C3D weights (conv3d_deepnetA_ucf.npz, mean2.npz from "
+                "https://github.com/rezoo/tgan2/releases/download/v1.0/): set eval.c3d_dir to their folder"))
+        else:
+            cells.put("is", NOT_REQUESTED)
+        return
+    if not _resolve(row.inception, base_dir).is_file():
+        cells.put("is", MISSING, notes.mark(f"{MISSING}: {row.inception} not found (stage not run or failed)"))
+        cells.status.append("is missing")
+        return
+    m = ISRecord.read(_resolve(row.inception, base_dir))
+    cells.num["is"], cells.num["is_std"], cells.num["is_num_videos"] = m.value, m.std, m.num_videos
+    card = m.protocol
+    text = (f"Inception Score, {card.get('protocol', 'C3D')}: N={m.num_videos} generated videos, {m.frames} frames, "
+            f"mean ± std over {m.splits} splits, C3D sha256 {str(card.get('c3d_weights_sha256', '?'))[:12]}...")
+    code = _describe_code(card.get("code_version"))
+    cells.put("is", f"{m.value:.2f} ± {m.std:.2f}", notes.mark(text + (f", {code}" if code else "")))
+
+
 def _recon_split(row: Row, base_dir: Path) -> str:
     # The paper's reconstruction number to compare with is the one of the split we evaluated.
     if row.recon is not None and _resolve(row.recon, base_dir).is_file():
@@ -452,6 +484,7 @@ def build_table(rows: Sequence[Row] | list[dict[str, Any]], reported: pd.DataFra
         reported = load_reported(reported)
     variants = set(reported["variant"])
     notes = _Footnotes()
+    with_is = any(r.inception is not None or r.dataset in IS_DATASETS for r in rows)
     all_cells = []
     for row in rows:
         if row.paper_variant is not None and row.paper_variant not in variants:
@@ -466,10 +499,16 @@ def build_table(rows: Sequence[Row] | list[dict[str, Any]], reported: pd.DataFra
             split = _recon_split(row, base_dir)
             for metric in ("rfvd", "psnr"):
                 papers[metric] = _paper_lookup(reported, AUTOENCODER_VARIANT, row.dataset, metric, split)
+            # The paper's IS table names the model (PVDM-L), not the sampler variant.
+            papers["is"] = (_paper_lookup(reported, row.paper_variant, row.dataset, "is")
+                            if row.paper_variant in set(reported[reported["metric"] == "is"]["variant"])
+                            else _paper_lookup(reported, row.paper_variant.split()[0], row.dataset, "is"))
         cells = _RowCells(row)
         for metric in FVD_METRICS:
             _fill_fvd(cells, metric, papers[metric], base_dir, notes)
         _fill_recon(cells, papers, base_dir, notes)
+        if with_is:
+            _fill_is(cells, base_dir, notes)
         for metric in PAPER_METRICS:
             cells.put_paper(metric, papers[metric])
         cells.num["status"] = "; ".join(cells.status) if cells.status else "ok"
@@ -478,7 +517,7 @@ def build_table(rows: Sequence[Row] | list[dict[str, Any]], reported: pd.DataFra
         all_cells.append(cells)
 
     display_cols = ["Row", "Dataset", "Paper variant"]
-    for metric in (*FVD_METRICS, *RECON_METRICS):
+    for metric in (*FVD_METRICS, *RECON_METRICS, *(("is",) if with_is else ())):
         display_cols.append(TITLES[metric])
         if metric in PAPER_METRICS:
             display_cols += [f"{TITLES[metric]} paper", f"{TITLES[metric]} Δ"]
@@ -486,14 +525,17 @@ def build_table(rows: Sequence[Row] | list[dict[str, Any]], reported: pd.DataFra
     marks = pd.DataFrame([[c.marks.get(k, "") for k in display_cols] for c in all_cells], columns=display_cols)
     numbers = pd.DataFrame([c.num for c in all_cells], columns=_number_columns())
     for col in numbers.columns:
-        if col.endswith(("_num_real", "_num_fake", "_floor_n")) or col == "recon_num_videos":
+        if col.endswith(("_num_real", "_num_fake", "_floor_n")) or col in ("recon_num_videos", "is_num_videos"):
             numbers[col] = numbers[col].astype("Int64")
     general = [
         f"Paper numbers: {reported_label}, matched by dataset, metric and the row's paper variant (R-FVD and PSNR: "
         "the paper's autoencoder rows of the same split). Confidence: "
         + "; ".join(f"{k} = {v}" for k, v in CONFIDENCE.items()) + ". Δ = ours - paper; an empty paper cell means "
         "the paper number is not known, not zero.",
-        "FVD16/FVD128/R-FVD: value [95% bootstrap interval] under each cell's protocol (footnotes). "
+        "FVD16/FVD128/R-FVD: value [95% interval] under each cell's protocol (footnotes): the interval is of the "
+        "expected FVD at the cell's N (measured coverage 96-98% at N = 64-256, benchmarks/results/"
+        "fvd_interval_coverage.md); it is not an interval of the population FVD, which the estimated "
+        "finite-N bias in the footnote separates from it, nor the real-vs-real floor. "
         f"{MISSING} = metric file missing; {NOT_REQUESTED} = not part of this row.",
     ]
     return Table(numbers, display, marks, notes.items, reported_label, title, general)
@@ -510,7 +552,7 @@ def _number_columns() -> list[str]:
                  f"{m}_paper", f"{m}_paper_confidence", f"{m}_diff"]
     cols += ["rfvd", "rfvd_lo", "rfvd_hi", "rfvd_paper", "rfvd_paper_confidence", "rfvd_diff",
              "psnr", "psnr_paper", "psnr_paper_confidence", "psnr_diff", "ssim", "lpips", "recon_num_videos",
-             "status", "marks"]
+             "is", "is_std", "is_num_videos", "is_paper", "is_paper_confidence", "is_diff", "status", "marks"]
     return cols
 
 

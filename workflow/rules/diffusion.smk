@@ -62,7 +62,7 @@ rule gather_samples:
             for s in PLAN[w.exp].shards(int(w.frames))
         ],
     output:
-        card=f"{L.samples}/samples.json",
+        card=L.sample_card,
         preview=f"{L.samples}/preview.mp4",
     log:
         f"{L.logs}/gather_samples_{{kind}}{{frames}}.log",

@@ -24,7 +24,7 @@ rule eval_recon:
 
 rule eval_fvd:
     input:
-        samples=f"{L.samples}/samples.json",
+        samples=L.sample_card,
         manifest=L.manifest,
     output:
         L.fvd,
@@ -53,3 +53,31 @@ rule eval_fvd:
         "--seed {params.ev[seed]} --covariance {params.ev[covariance]} --resize {params.ev[resize]} "
         "--bootstrap {params.ev[bootstrap]} --dataset {params.dataset} "
         "--split {params.ev[real_split]} --cache-dir {params.cache} --out {output} > {log} 2>&1"
+
+
+rule eval_is:
+    input:
+        samples=L.sample_card.replace("{kind}", "model"),
+        c3d=lambda w: PLAN[w.exp].c3d_archives(),
+    output:
+        L.inception,
+    log:
+        f"{L.logs}/eval_is{{frames}}.log",
+    benchmark:
+        f"{L.benchmarks}/eval_is{{frames}}.tsv"
+    wildcard_constraints:
+        frames="[0-9]+",
+    conda:
+        "../envs/pvdm.yaml"
+    threads: PLAN.threads("eval_fvd")
+    resources:
+        **PLAN.resources("eval_fvd"),
+    params:
+        fake=lambda w: PLAN[w.exp].path(L.sample_clips, kind="model", frames=w.frames),
+        num=lambda w: PLAN[w.exp].fvd_count(int(w.frames)),
+        ev=lambda w: PLAN[w.exp].cfg["eval"],
+        dataset=lambda w: PLAN[w.exp].cfg["data"]["dataset"],
+    shell:
+        "pvdm is --fake {params.fake} --num-videos {params.num} --frames {wildcards.frames} "
+        "--splits {params.ev[is_splits]} --c3d-dir {params.ev[c3d_dir]} --dataset {params.dataset} "
+        "--out {output} > {log} 2>&1"

@@ -27,7 +27,7 @@ rule paper_figures:
     input:
         ae=f"{L.gan}/history.json",
         diffusion=f"{L.diffusion}/metrics.json",
-        samples=f"{L.samples}/samples.json".replace("{kind}", "model"),
+        samples=L.sample_card.replace("{kind}", "model"),
     output:
         ae=report(
             L.figure.replace("{figure}", "autoencoder"),
