@@ -45,7 +45,7 @@ def load_rates(path: str | os.PathLike | None = None) -> tuple[dict[str, Any], s
     if not data.get("valid_for_planning", False):
         raise ValueError(f"{path}: not measured at paper scale on a GPU (valid_for_planning is false)")
     on = data.get("measured_on", {})
-    return data.get("rates", {}), f"{on.get('gpu')} (torch {on.get('torch')}, {on.get('date')})"
+    return data.get("rates", {}), f"{on.get('gpu') or on.get('device')} (torch {on.get('torch')}, {on.get('date')})"
 
 
 def experiment_costs(e: ExperimentPlan, rates: dict[str, Any], measured_on: str | None) -> list[RuleCost]:
