@@ -25,6 +25,7 @@ from pvdm.report.figures import (
     plot_sample_strip,
     plot_training_curves,
     read_log,
+    stage_offsets,
     strip_image,
 )
 from pvdm.report.table import (
@@ -327,6 +328,10 @@ def test_training_curves_png(tmp_path):
     assert both.shape[0] > one.shape[0]
     with pytest.raises(ValueError, match=r"none of the keys \['nope'\]"):
         plot_training_curves([diff], tmp_path / "x.png", keys=["nope"])
+    # stage 1 then the GAN stage: the GAN's steps continue where stage 1 ended, not from 0 again
+    gan = _write_log(tmp_path / "gan" / "log.jsonl", [{"step": s, "g/total": 0.3} for s in range(0, 26, 5)])
+    assert stage_offsets([read_log(ae), read_log(gan), read_log(diff)]) == [0, 290, 315]
+    _check_png(plot_training_curves({"stage1": ae, "gan": gan}, tmp_path / "seq.png", consecutive=True))
 
 
 def test_read_log_errors(tmp_path):

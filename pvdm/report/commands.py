@@ -69,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--keys", nargs="+", default=None,
                    help="only these log keys (e.g. g/total d/total eval/psnr); default: every numeric key")
     f.add_argument("--logy", action="store_true", help="log-scale loss axis (drops series with values <= 0)")
+    f.add_argument("--consecutive", action="store_true",
+                   help="the logs are stages run one after the other (stage 1, then GAN): each continues the "
+                   "step axis where the previous one ended, with a line at each stage boundary")
     f.add_argument("--title", default=None, help="figure title")
     f.set_defaults(func=run_curves)
 
@@ -143,7 +146,7 @@ def _parse_logs(items: list[str]) -> dict[str, Path]:
 def run_curves(args: argparse.Namespace) -> None:
     from pvdm.report.figures import plot_training_curves
 
-    plot_training_curves(_parse_logs(args.logs), args.out, args.keys, args.logy, args.title)
+    plot_training_curves(_parse_logs(args.logs), args.out, args.keys, args.logy, args.title, args.consecutive)
     log.info("wrote %s", args.out)
 
 

@@ -85,19 +85,34 @@ def _numeric_keys(rows: list[dict[str, Any]]) -> list[str]:
     return list(keys)
 
 
+def stage_offsets(logs: Sequence[list[dict[str, Any]]]) -> list[int]:
+    """Where each of several consecutive stages starts on a shared step axis: the sum of the last
+    steps of the stages before it (the GAN stage's step 0 is stage 1's last step)."""
+    starts, start = [], 0
+    for rows in logs:
+        starts.append(start)
+        start += max((r["step"] for r in rows), default=0)
+    return starts
+
+
 def plot_training_curves(logs: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike],
                          out: str | os.PathLike, keys: Sequence[str] | None = None, logy: bool = False,
-                         title: str | None = None) -> Path:
+                         title: str | None = None, consecutive: bool = False) -> Path:
     """Losses vs step (top panel) and each ``eval/*`` metric vs step (one panel per metric) for each log.
 
     ``logs`` is a list of paths (labelled by their folder) or a ``{label: path}`` mapping; ``keys``
     restricts the plotted series (default: every numeric key). ``logy`` puts the loss panel on a log
-    scale (only keys whose values are all positive are drawn then).
+    scale (only keys whose values are all positive are drawn then). ``consecutive``: the logs are
+    stages run in sequence, so each one's steps start where the previous log ended (a dashed line
+    marks the boundary); otherwise all logs share step 0.
     """
     items = list(logs.items()) if isinstance(logs, Mapping) else [(Path(p).parent.name or str(p), p) for p in logs]
     if not items:
         raise ValueError("no log files given")
     data = [(label, read_log(path), path) for label, path in items]
+    starts = stage_offsets([rows for _, rows, _ in data]) if consecutive else [0] * len(data)
+    offsets = {label: start for (label, _, _), start in zip(data, starts, strict=True)}
+    boundaries = [(start, label) for (label, _, _), start in zip(data, starts, strict=True)] if consecutive else []
     train_keys: dict[str, list[str]] = {}
     eval_keys: list[str] = []  # one panel each: eval metrics have unrelated scales (PSNR ~25, LPIPS ~0.2)
     for label, rows, path in data:
@@ -118,15 +133,19 @@ def plot_training_curves(logs: Sequence[str | os.PathLike] | Mapping[str, str | 
                 steps, values = _series(rows, k)
                 if len(steps) == 0 or (logy and panel is None and (values <= 0).any()):
                     continue
+                steps = steps + offsets[label]
                 style = "-" if panel is None and len(steps) >= 20 else "o-"
                 ax.plot(steps, values, style, ms=3, lw=1, label=f"{label}: {k}" if many else k)
+        for x, _ in boundaries[1:]:
+            ax.axvline(x, color="0.5", ls="--", lw=0.8)
         if logy and panel is None:
             ax.set_yscale("log")
         ax.set_ylabel("loss" if panel is None else panel.removeprefix(EVAL_PREFIX))
         ax.grid(alpha=0.3)
         if ax.lines and (panel is None or many):
             ax.legend(fontsize=7, ncol=2)
-    axes[-1, 0].set_xlabel("training step")
+    axes[-1, 0].set_xlabel("training step" + (" (stages in sequence: " + ", then ".join(
+        label for _, label in boundaries) + ")" if consecutive else ""))
     if title:
         axes[0, 0].set_title(title)
     fig.tight_layout()

@@ -52,7 +52,7 @@ rule paper_figures:
         root=lambda w: PLAN[w.exp].path("results/{exp}"),
     shell:
         "(pvdm figures curves stage1={params.root}/autoencoder/stage1/log.jsonl "
-        "gan={params.root}/autoencoder/gan/log.jsonl --logy --title 'autoencoder ({wildcards.exp})' "
+        "gan={params.root}/autoencoder/gan/log.jsonl --logy --consecutive --title 'autoencoder ({wildcards.exp})' "
         "--out {output.ae} && "
         "pvdm figures curves diffusion={params.root}/diffusion/log.jsonl --keys loss --logy "
         "--title 'latent diffusion ({wildcards.exp})' --out {output.diffusion} && "
