@@ -13,8 +13,8 @@ report: "workflow/report/workflow.rst"
 
 
 # `--configfile F` replaces the embedded default instead of merging into it, so a paper config
-# never inherits the Moving-MNIST experiment.
-if not config:
+# never inherits the Moving-MNIST experiment. `--config key=value` alone edits the default.
+if not workflow.config_settings.configfiles:
 
     configfile: f"{workflow.basedir}/config/config.yaml"
 

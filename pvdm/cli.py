@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shlex
@@ -14,6 +15,8 @@ from pvdm.data import commands as data_commands
 from pvdm.eval import commands as eval_commands
 from pvdm.report import commands as report_commands
 from pvdm.train import commands as train_commands
+from pvdm.train.signals import RESUMABLE_EXIT_CODE, Interrupted
+from pvdm.utils.io import DiskFullError, FolderInUseError
 from pvdm.utils.progress import setup_logging
 
 log = logging.getLogger("pvdm")
@@ -86,12 +89,28 @@ def main(argv: list[str] | None = None) -> int:
         launch_torchrun(args.nproc, argv)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        # User errors: one clear message, no traceback (use -v to see it).
+    except Interrupted as e:
+        # SIGTERM (Slurm preemption, time limit) or Ctrl-C during training: state saved, resumable.
+        print(f"pvdm {args.command}: {e}", file=sys.stderr)
+        return RESUMABLE_EXIT_CODE
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        print(f"pvdm {args.command}: interrupted. Finished files are complete and kept (every write is "
+              "atomic); rerun the same command to continue.", file=sys.stderr)
+        return 130
+    except (ConfigError, FileNotFoundError, ValueError, FloatingPointError, FolderInUseError, DiskFullError) as e:
+        # User errors and a full disk: one clear message, no traceback (use -v to see it).
         if args.verbose:
             raise
         print(f"pvdm {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(e, DiskFullError) else 2
+    except OSError as e:
+        if args.verbose or e.errno != errno.ENOSPC:
+            raise
+        print(f"pvdm {args.command}: error: no space left on device ({e}). Free space and rerun the same "
+              "command: finished files are complete and kept.", file=sys.stderr)
+        return 1
     return 0
 
 

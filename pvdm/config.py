@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -68,9 +68,39 @@ def validate(cfg: dict[str, Any], source: str = "<config>", definition: str | No
     sub = {"$ref": f"#/$defs/{definition}", "$defs": root["$defs"]} if definition else root
     validator = _default_filling_validator()(sub)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    # A sub-schema that fails (a wrong type, a negative value) leaves all its keys "unevaluated", so
+    # jsonschema also reports every valid key of that section as unknown: report the real error only.
+    real = [e for e in errors if e.validator != "unevaluatedProperties"]
+    errors = [
+        e for e in errors
+        if e.validator != "unevaluatedProperties"
+        or not any(list(r.absolute_path)[: len(e.absolute_path)] == list(e.absolute_path) for r in real)
+    ]
     if errors:
         raise ConfigError("\n".join(_format_error(e, source) for e in errors[:10]))
     return cfg
+
+
+def check_yaml(path: str | Path) -> None:
+    """Parse a config file strictly: a missing file, bad YAML or a duplicated key is a ConfigError
+    naming the file and line (Snakemake's own loader keeps the last of two duplicated keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        OmegaConf.load(path)
+    except Exception as e:
+        raise ConfigError(f"{path}: cannot parse YAML: {e}".replace("\n", " ")) from None
+
+
+def config_source(files: Sequence[str | Path], overrides: Mapping[str, Any] | Sequence[str] = ()) -> str:
+    """How a config was assembled, for error messages: the files, then the command-line values."""
+    source = " + ".join(str(f) for f in files) or "config"
+    if overrides:
+        items = overrides.items() if isinstance(overrides, Mapping) else [(o, None) for o in overrides]
+        shown = ", ".join(k if v is None else f"{k}={v}" for k, v in items)
+        source += f" (with command-line values: {shown})"
+    return source
 
 
 def load_config(paths: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -82,20 +112,15 @@ def load_config(paths: str | Path | Sequence[str | Path], overrides: Sequence[st
         raise ConfigError("no config file given")
     merged = OmegaConf.create()
     for p in paths:
-        if not Path(p).is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            merged = OmegaConf.merge(merged, OmegaConf.load(p))
-        except Exception as e:
-            raise ConfigError(f"{p}: cannot parse YAML: {e}") from e
+        check_yaml(p)
+        merged = OmegaConf.merge(merged, OmegaConf.load(p))
     if overrides:
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key.path=value")
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
     cfg = OmegaConf.to_container(merged, resolve=True)
-    source = " + ".join(str(p) for p in paths) + (" (with command-line overrides)" if overrides else "")
-    return validate(cfg, source)  # type: ignore[arg-type]
+    return validate(cfg, config_source(paths, overrides))  # type: ignore[arg-type]
 
 
 def experiment(cfg: dict[str, Any], name: str | None) -> tuple[str, dict[str, Any]]:

@@ -24,7 +24,7 @@ from pvdm.data.store import ClipStore, ClipStoreWriter
 from pvdm.diffusion.samplers import Sampler, sample_long
 from pvdm.plan import shard_name
 from pvdm.utils.device import autocast, default_device
-from pvdm.utils.io import atomic_path, atomic_save_npy, atomic_write_json, read_json, sha256_file
+from pvdm.utils.io import FolderLock, atomic_path, atomic_save_npy, atomic_write_json, read_json, sha256_file
 from pvdm.utils.media import write_grid
 from pvdm.utils.progress import Progress
 from pvdm.utils.seeding import sample_seed
@@ -86,6 +86,8 @@ def sample_shard(
         "amp": amp,
     }
     name = shard_name(shard, shards)
+    # Shards of one set run as parallel jobs in one folder: each shard has its own lock.
+    lock = FolderLock(out / "shards", f"pvdm sample (shard {name})", name=f".{name}.lock")
     parts = out / "shards" / f"{name}.parts"
     # Batches of a killed run are reused only if they were made with exactly these settings.
     if parts.exists() and (not (parts / "card.json").exists() or read_json(parts / "card.json") != card):
@@ -122,6 +124,7 @@ def sample_shard(
         del videos
     atomic_write_json(target.with_suffix(".json"), {**card, "shard": shard, "shards": shards, "range": [start, stop]})
     shutil.rmtree(parts)
+    lock.release()
     return target
 
 

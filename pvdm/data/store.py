@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pvdm.utils.io import atomic_write_json
+from pvdm.utils.io import atomic_write_json, raise_if_disk_full
 
 STORE_FORMAT = 1
 
@@ -53,7 +53,11 @@ class ClipStoreWriter:
             raise ValueError(
                 f"clip has shape {clip.shape} {clip.dtype}, store expects {self.clip_shape} uint8"
             )
-        self._file.write(np.ascontiguousarray(clip).tobytes())
+        try:
+            self._file.write(np.ascontiguousarray(clip).tobytes())
+        except OSError as e:
+            raise_if_disk_full(e, self.path, self._file.tell())
+            raise
         self._index.append((video_id, start))
 
     def __len__(self) -> int:
@@ -64,11 +68,15 @@ class ClipStoreWriter:
         return len(self._videos)
 
     def close(self) -> Path:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        index = np.asarray(self._index, dtype=np.int64).reshape(-1, 2)
-        np.save(self.tmp / "index.npy", index)
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            index = np.asarray(self._index, dtype=np.int64).reshape(-1, 2)
+            np.save(self.tmp / "index.npy", index)
+        except OSError as e:
+            raise_if_disk_full(e, self.path, self._file.tell() if not self._file.closed else None)
+            raise
         atomic_write_json(self.tmp / "videos.json", self._videos)
         info = {
             "format": STORE_FORMAT,
@@ -79,9 +87,15 @@ class ClipStoreWriter:
             **self.meta,
         }
         atomic_write_json(self.tmp / "store.json", info)
+        # The old store stays whole until the new one is in place: a kill between the two renames
+        # leaves it as .<name>.old (removed by the next writer), never a half-deleted store.
+        old = self.path.with_name(f".{self.path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
         if self.path.exists():
-            shutil.rmtree(self.path)
+            os.replace(self.path, old)
         os.replace(self.tmp, self.path)
+        shutil.rmtree(old, ignore_errors=True)
         return self.path
 
     def abort(self) -> None:

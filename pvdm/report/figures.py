@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -21,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pvdm.eval.records import FVDRecord
+from pvdm.train.logger import read_log_rows
 from pvdm.utils.io import atomic_path
 
 SKIP_KEYS = ("step", "time")
@@ -50,18 +50,7 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a ``log.jsonl`` sorted by step; a bad line is an error naming the file and line."""
-    rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {i} is not valid JSON ({e})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                raise ValueError(f"{path}: line {i} has no integer 'step'")
-            rows.append(row)
+    rows = read_log_rows(path)
     if not rows:
         raise ValueError(f"{path}: no log rows")
     return sorted(rows, key=lambda r: r["step"])

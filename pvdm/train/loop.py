@@ -13,11 +13,17 @@ logging, progress and ``max_steps``. A trainer keeps only its step and its evalu
 Randomness of step k comes from ``run.generator(k, stream)`` and the data from the step index, so
 a killed and resumed run computes exactly what an uninterrupted one does. The process group (under
 torchrun) is torn down on every exit path of the ``with`` block.
+
+SIGTERM (Slurm's preemption and time-limit warning) or Ctrl-C ends the current step, saves the
+complete state and raises :class:`pvdm.train.signals.Interrupted`; ``pvdm`` then exits with 75.
+The output folder is locked (:class:`pvdm.utils.io.FolderLock`) for the run's lifetime.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +32,10 @@ import torch
 
 from pvdm.train import distributed
 from pvdm.train.logger import TrainLogger
+from pvdm.train.signals import Interrupted
 from pvdm.train.state import load_state, save_state, set_rng_state
 from pvdm.utils import device as device_utils
+from pvdm.utils.io import FolderLock
 from pvdm.utils.progress import Progress
 from pvdm.utils.seeding import step_generator
 
@@ -57,7 +65,12 @@ class TrainingRun:
         self.dist = distributed.setup(device)
         self.device = self.dist.device
         self.state_path = self.out_dir / "state.pt"
+        # One writer per folder (the main rank holds the lock for all): taken before any file is touched.
+        self._lock = FolderLock(self.out_dir, desc) if self.dist.is_main else None
         self.logger = TrainLogger(self.out_dir, enabled=self.dist.is_main)
+        self._signal: str | None = None  # set by SIGTERM/SIGINT: save and exit at the next step boundary
+        self._handlers: dict[int, Any] = {}
+        self._saved_at: int | None = None
         self.parts: dict[str, Any] = {}
         self.start = self.done = 0
         self.stop_reason: str | None = None
@@ -93,6 +106,7 @@ class TrainingRun:
         if self.dist.is_main:
             save_state(self.state_path, step, self.run_config, stop_reason=self.stop_reason, **self.parts)
         distributed.barrier(self.dist)
+        self._saved_at = step
 
     def checkpoint(self, done: int) -> None:
         """Save when due: every ``save_every`` steps, at the last step, and when training stops."""
@@ -110,7 +124,22 @@ class TrainingRun:
                     break
                 yield step
                 self.done = step + 1
+                if distributed.any_rank(self._signal is not None, self.dist):
+                    self._stop_on_signal()
         self._bar = None
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self._signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now (state.pt holds the last saved step)
+        self._signal = name
+        log.warning("%s received: saving the complete state at the end of this step, then exiting "
+                    "(Ctrl-C again to stop at once)", name)
+
+    def _stop_on_signal(self) -> None:
+        if self._saved_at != self.done:
+            self.save(self.done)
+        raise Interrupted(self._signal or "a signal on another rank", self.done, self.state_path)
 
     def stop(self, reason: str) -> None:
         """End training after this step (early stopping, divergence); the reason is saved."""
@@ -137,8 +166,16 @@ class TrainingRun:
     # --- lifetime ----------------------------------------------------------------------------------
 
     def __enter__(self) -> TrainingRun:
+        # Slurm sends SIGTERM before SIGKILL on preemption and time limits; Ctrl-C sends SIGINT.
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._handlers[sig] = signal.signal(sig, self._on_signal)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
         self.logger.close()
         distributed.teardown(self.dist)
+        if self._lock is not None:
+            self._lock.release()

@@ -4,12 +4,20 @@ import json
 import os
 import sys
 
+from pvdm.config import check_yaml as pvdm_check_yaml
+from pvdm.config import config_source
 from pvdm.config import validate as pvdm_validate
 from pvdm.plan import Layout as L
 from pvdm.plan import Plan
 
-# Our validation names the key and the file and fills in the schema's defaults.
-pvdm_validate(config, " + ".join(map(str, workflow.configfiles)) or "config")
+# Our validation names the key and the file (and the --config values, when given) and fills in
+# the schema's defaults. The files are read again strictly first: YAML that Snakemake accepts
+# silently (a duplicated key, whose second value wins) is an error here.
+for _f in workflow.configfiles:
+    pvdm_check_yaml(_f)
+pvdm_validate(
+    config, config_source(workflow.configfiles, workflow.config_settings.config)
+)
 PLAN = Plan(config)
 # The paper's reported numbers ship with the workflow (absolute: works with --directory too).
 REPORTED_NUMBERS = f"{workflow.basedir}/config/paper/pvdm_reported.csv"
