@@ -329,3 +329,31 @@ def test_snakemake_config_values_edit_the_default_and_are_blamed_by_name(tmp_pat
     bad = snakemake("-n", "--cores", "1", "--config", "targets=mnist", cwd=tmp_path)
     assert bad.returncode != 0
     assert "(with command-line values: targets=mnist): targets: 'mnist' is not of type 'array'" in bad.stdout + bad.stderr
+
+
+@pytest.mark.parametrize(("error", "code", "message"), [
+    (KeyboardInterrupt(), 130, "pvdm boom: interrupted. Finished files are complete and kept"),
+    (FloatingPointError("ckpt.pt: sampling gave non-finite latents"), 2, "pvdm boom: error: ckpt.pt: sampling gave"),
+    (OSError(errno.ENOSPC, "No space left on device"), 1, "pvdm boom: error: no space left on device"),
+])
+def test_interruptions_and_user_errors_print_one_line(monkeypatch, capsys, error, code, message):
+    import argparse
+
+    import pvdm.cli as cli
+
+    def parser() -> argparse.ArgumentParser:
+        p = argparse.ArgumentParser(prog="pvdm")
+        p.add_argument("-v", "--verbose", action="store_true")
+        p.add_argument("--nproc", type=int, default=1)
+        sub = p.add_subparsers(dest="command", required=True)
+
+        def boom(args: argparse.Namespace) -> None:
+            raise error
+
+        sub.add_parser("boom").set_defaults(func=boom)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    assert cli.main(["boom"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
