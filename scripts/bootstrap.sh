@@ -49,7 +49,10 @@ case "${1:-}" in
     test)
         install
         shift
-        python -m pytest -q "$@"
+        # Two workers, one test file each at a time (module fixtures stay in one process): much of the
+        # suite waits on subprocesses (Snakemake, Slurm polling), so this halves the wall time on 2 cores.
+        # PVDM_TEST_WORKERS=0 runs everything in this process.
+        python -m pytest -q -n "${PVDM_TEST_WORKERS:-2}" --dist loadfile "$@"
         ;;
     *)
         echo "usage: bash scripts/bootstrap.sh {demo|test|install} [extra args]" >&2

@@ -76,7 +76,9 @@ def stage_command(stage: str, exp: dict, world: dict, out: Path) -> list[str]:
 
 
 def train_in_process(stage: str, exp: dict, world: dict, out: Path) -> dict[str, torch.Tensor]:
-    torch.set_num_threads(1)
+    # the subprocesses run with OMP_NUM_THREADS=1: the same reduction order needs one thread here
+    # (the one_thread fixture sets it and restores it after this module)
+    assert torch.get_num_threads() == 1
     if stage == "diffusion":
         train_diffusion(exp, world["data"], world["ae"], out)
         return load_diffusion(out / "model.pt").state_dict()
@@ -103,7 +105,7 @@ def wait_for_log_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float
 @pytest.mark.slow
 @pytest.mark.parametrize(("stage", "sig"), [("stage1", signal.SIGINT), ("gan", signal.SIGTERM),
                                             ("diffusion", signal.SIGTERM)])
-def test_signal_saves_the_step_and_exits_resumable(world, tmp_path, stage, sig):
+def test_signal_saves_the_step_and_exits_resumable(world, tmp_path, stage, sig, one_thread):
     # Slurm's SIGTERM (preemption, time limit) or Ctrl-C: the step ends, state.pt is written at that step
     # (not at the last save_every), the exit code says "resumable", and the rerun ends where an
     # uninterrupted run ends.
