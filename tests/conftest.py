@@ -139,3 +139,15 @@ def make_c3d_archives(root: Path) -> Path:
     mean = rng.uniform(80, 120, size=(3, 16, 128, 171))  # float64, as a Caffe mean converted by numpy
     np.savez(root / c3d.MEAN_NPZ, mean=mean)
     return root
+
+
+# The longest test files first: with two xdist workers taking a file at a time (scripts/bootstrap.sh
+# test), a long file that starts last (the Slurm DAG, ~300 s mostly spent waiting on the scheduler)
+# would run alone at the end. Durations from the CI log (pytest --durations).
+LONGEST_FIRST = ("test_slurm.py", "test_pipeline.py", "test_kill_matrix.py", "test_dvc.py", "test_distributed.py",
+                 "test_reliability.py", "test_workflow.py")
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ARG001 - pytest hook signature
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept

@@ -226,8 +226,9 @@ def run_campaign(root: Path, kills: int, stages: list[str], seed: int, target: s
         trials.append(kill_snakemake_trial(work, cfg, extra, rule, say))
     for i, (rule, fraction) in enumerate(plan):
         delay = fraction * durations[rule]
-        proc = subprocess.Popen(snakemake(work, cfg, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=ENV)
+        # --until: a kill that comes too late finishes this stage only, not the rest of the DAG
+        proc = subprocess.Popen(snakemake(work, cfg, *extra, "--until", rule), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=ENV)
         pids = wait_until(lambda rule=rule: job_pids(work, STAGES[rule]), proc)
         killed = False
         if pids:
