@@ -221,10 +221,13 @@ def run_campaign(root: Path, kills: int, stages: list[str], seed: int, target: s
     rng = random.Random(seed)
     trials: list[dict[str, Any]] = []
     plan = [(rule, rng.uniform(0.05, 0.6)) for rule in stages for _ in range(kills)]
-    if kill_snakemake:  # first, while the earliest training stage of the plan runs
-        rule = next((r for r in stages if r.startswith(("train", "finetune"))), stages[0])
-        trials.append(kill_snakemake_trial(work, cfg, extra, rule, say))
+    # Snakemake itself is killed once, while the earliest training stage of the plan runs: just
+    # before that stage's own trials (earlier stages keep theirs)
+    sm_rule = next((r for r in stages if r.startswith(("train", "finetune"))), stages[0]) if kill_snakemake else None
     for i, (rule, fraction) in enumerate(plan):
+        if rule == sm_rule:
+            trials.append(kill_snakemake_trial(work, cfg, extra, rule, say))
+            sm_rule = None
         delay = fraction * durations[rule]
         # --until: a kill that comes too late finishes this stage only, not the rest of the DAG
         proc = subprocess.Popen(snakemake(work, cfg, *extra, "--until", rule), stdout=subprocess.PIPE,
