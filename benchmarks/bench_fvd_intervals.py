@@ -237,15 +237,6 @@ def markdown(result: dict) -> str:
         "resembles the real one, as here.",
     ]
     return "\n".join(lines) + "\n"
-    lines += [
-        "",
-        "Notes: an interval that covers the population FD needs the finite-N bias removed, which the half-sample",
-        "(delete-d jackknife) estimate does only in the 1/N regime (bias exponent near 1); in the saturated regime",
-        "(exponent near 0) no resampling method covers it. E[FD_N] is what the protocol at this N gives on average.",
-        "Neither target is the real-vs-real floor; the floor is close to E[FD_N] - FD when the fake covariance",
-        "resembles the real one, as here.",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

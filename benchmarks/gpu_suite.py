@@ -157,6 +157,23 @@ def tiny_unet() -> UNetConfig:
     )
 
 
+def ours_vs_original(rows: list[dict[str, Any]], batches: Any, **ours: Any) -> dict[int, dict[str, Any]]:
+    """Step time and peak memory of ours over the original's, per batch where both ran (``ours``: extra
+    filters on our rows, e.g. precision="fp32")."""
+
+    def ok(impl: str, b: int, **extra: Any) -> dict[str, Any] | None:
+        return next((r for r in rows if r["impl"] == impl and r.get("batch") == b and r["status"] == "ok"
+                     and all(r.get(k) == v for k, v in extra.items())), None)
+
+    ratios = {}
+    for b in batches:
+        o, g = ok("ours", b, **ours), ok("original", b)
+        if o and g:
+            ratios[b] = {"time_ours_over_original": o["step_s"] / g["step_s"],
+                         "mem_ours_over_original": (o["peak_gb"] / g["peak_gb"]) if o.get("peak_gb") and g.get("peak_gb") else None}
+    return ratios
+
+
 @dataclasses.dataclass
 class Scale:
     name: str
@@ -863,14 +880,8 @@ class Suite:
                 "loss_abs_diff": abs(firsts["ours"][0].item() - firsts["original"][0].item()),
                 **diff_stats(firsts["original"][1], firsts["ours"][1]),
                 "note": "first step, batch 1, both under bf16 autocast (fp32 parity is a unit test)"}
-        ratios = {}
-        for b in sorted({r["batch"] for r in rows if r.get("batch")}):
-            o = next((r for r in rows if r["impl"] == "ours" and r.get("batch") == b and r["status"] == "ok"), None)
-            g = next((r for r in rows if r["impl"] == "original" and r.get("batch") == b and r["status"] == "ok"), None)
-            if o and g:
-                ratios[b] = {"time_ours_over_original": o["step_s"] / g["step_s"],
-                             "mem_ours_over_original": (o["peak_gb"] / g["peak_gb"]) if o.get("peak_gb") and g.get("peak_gb") else None}
-        rec["ours_vs_original"] = ratios
+        batches = sorted({r["batch"] for r in rows if r.get("batch")})
+        rec["ours_vs_original"] = ours_vs_original(rows, batches)
         return rec
 
     # ===================================================================================================
@@ -954,14 +965,7 @@ class Suite:
                 "loss_abs_diff": abs(firsts["ours"][0].item() - firsts["original"][0].item()),
                 **diff_stats(firsts["original"][1], firsts["ours"][1]),
                 "note": f"first step, batch {sc.unet_batches[0]}, zero-initialised convs randomised (std 0.02)"}
-        ratios = {}
-        for b in sc.unet_batches:
-            o = next((r for r in rows if r["impl"] == "ours" and r.get("batch") == b and r["precision"] == "fp32" and r["status"] == "ok"), None)
-            g = next((r for r in rows if r["impl"] == "original" and r.get("batch") == b and r["status"] == "ok"), None)
-            if o and g:
-                ratios[b] = {"time_ours_over_original": o["step_s"] / g["step_s"],
-                             "mem_ours_over_original": (o["peak_gb"] / g["peak_gb"]) if o.get("peak_gb") and g.get("peak_gb") else None}
-        rec["ours_vs_original"] = ratios
+        rec["ours_vs_original"] = ours_vs_original(rows, sc.unet_batches, precision="fp32")
         return rec
 
     # ===================================================================================================
