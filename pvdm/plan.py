@@ -57,7 +57,7 @@ class Layout:
 
 
 TABLE_FILES = tuple(f"{Layout.table}.{ext}" for ext in ("md", "csv", "tex", "json"))
-FIGURES = ("autoencoder", "diffusion", "samples")
+FIGURES = ("autoencoder", "diffusion", "samples", "compare")
 # Stages whose jobs may run several processes (torchrun, one per GPU); the others use one device
 # each and spread over devices by jobs (sampling shards).
 MULTI_PROCESS_STAGES = ("train_autoencoder", "finetune_gan", "train_diffusion")
@@ -190,6 +190,11 @@ class ExperimentPlan:
         """Clips per FVD: eval.fvd_videos, and for long videos at most the number sampled."""
         n = self.cfg["eval"]["fvd_videos"]
         return n if frames == self.clip_length else min(n, self.cfg["sampling"]["long_videos"])
+
+    def floor_option(self, frames: int) -> str:
+        """``--floor-videos K`` of an FVD job (eval.floor_videos, at most the FVD's N), or nothing."""
+        k = self.cfg["eval"]["floor_videos"]
+        return f"--floor-videos {min(k, self.fvd_count(frames))}" if k else ""
 
     def real_store(self, frames: int) -> str:
         """Real clips of FVD-<frames>: the configured split for clips, the long store for videos."""

@@ -106,7 +106,8 @@ def sample_shard(
             if not path.exists():
                 gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(b0, b1)]
                 with torch.no_grad(), autocast(dev, amp):
-                    z = sample_long(unet, n_clips, (b1 - b0, *shape_one), sampler, generators=gens, device=dev)  # n b c l
+                    z = sample_long(unet, n_clips, (b1 - b0, *shape_one), sampler, generators=gens, device=dev,
+                                    prediction=unet.cfg.prediction)  # n b c l
                     if not torch.isfinite(z).all():
                         raise FloatingPointError(f"{diffusion}: sampling gave non-finite latents (a diverged or "
                                                  "corrupt checkpoint?); no videos written")

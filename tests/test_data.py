@@ -88,6 +88,17 @@ def test_moving_mnist_digit_pools_disjoint():
     assert np.bincount(labels[list(test_pool)]).tolist() == [100] * 10
 
 
+def test_moving_mnist_digits_per_class_narrows_each_pool():
+    train2, test1 = moving_mnist.digit_pool("train", 2), moving_mnist.digit_pool("test", 1)
+    labels = np.arange(5000) // 500
+    assert np.bincount(labels[train2]).tolist() == [2] * 10 and np.bincount(labels[test1]).tolist() == [1] * 10
+    assert set(train2) <= set(moving_mnist.digit_pool("train")) and set(test1) <= set(moving_mnist.digit_pool("test"))
+    used = {d for i in range(40) for d in moving_mnist.generate_video(i, "train", 2, num_digits=1, digits_per_class=2)[1]}
+    assert used <= set(train2) and len(used) > 10
+    with pytest.raises(ValueError, match="1..100 per class"):
+        moving_mnist.digit_pool("test", 101)
+
+
 def test_ucf101_splits(ucf_tree):
     train = [s.name for s in list_ucf101(ucf_tree, "train")]
     test = [s.name for s in list_ucf101(ucf_tree, "test")]

@@ -94,6 +94,27 @@ def test_q_sample_and_training_loss():
         training_loss(model, x0, loss_type="huber")
 
 
+def test_v_prediction_target_and_inversion():
+    x0 = torch.rand(3, 4, 10, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(3, 4, 10, dtype=torch.float64)
+    t = torch.tensor([0, 500, 999])
+    v = S.v_target(x0, t, noise)
+    for b, i in enumerate(t.tolist()):  # the formula, in plain floats
+        torch.testing.assert_close(v[b], math.sqrt(abar(i)) * noise[b] - math.sqrt(1 - abar(i)) * x0[b])
+    eps, x0_hat = S.eps_and_x0(q_sample(x0, t, noise), t, v, "v")
+    torch.testing.assert_close(eps, noise)
+    torch.testing.assert_close(x0_hat, x0)
+    eps_e, x0_e = S.eps_and_x0(q_sample(x0, t, noise), t, noise, "eps")
+    assert eps_e is noise and torch.allclose(x0_e, x0)
+    oracle = lambda x, tt, c: S.v_target(x0, tt, noise)  # noqa: E731
+    assert training_loss(oracle, x0, t, noise, prediction="v").item() == 0.0
+    assert training_loss(oracle, x0, t, noise).item() > 0.1  # read as eps, the same output is wrong
+    with pytest.raises(ValueError, match="prediction"):
+        training_loss(oracle, x0, t, noise, prediction="x0")
+    with pytest.raises(ValueError, match="prediction"):
+        UNetConfig(prediction="x0")
+
+
 # ---------------------------------------------------------------------------- samplers on analytic models
 
 
@@ -117,15 +138,30 @@ def gaussian_model(mu: float, std: float):
     return eps
 
 
+def as_v(eps_model, prediction: str):
+    """The same optimal predictor, outputting v instead of eps when asked."""
+    if prediction == "eps":
+        return eps_model
+
+    def v(x, t, cond):
+        eps = eps_model(x, t, cond)
+        x0 = S.predict_x0(x, t, eps)
+        return S.v_target(x0, t, eps)
+
+    return v
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim_eta0", "ddim_eta1"])
-def test_samplers_land_on_a_single_data_point(sampler):
+def test_samplers_land_on_a_single_data_point(sampler, prediction):
     x_star = torch.linspace(-0.9, 0.9, 12).view(1, 2, 6)
-    model = point_model(x_star)
+    model = as_v(point_model(x_star), prediction)
     shape = (3, 2, 6)
     if sampler == "ddpm":
-        out = ddpm_sample(model, shape, generators=[0, 1, 2])
+        out = ddpm_sample(model, shape, generators=[0, 1, 2], prediction=prediction)
     else:
-        out = ddim_sample(model, shape, steps=50, eta=0.0 if sampler == "ddim_eta0" else 1.0, generators=[0, 1, 2])
+        out = ddim_sample(model, shape, steps=50, eta=0.0 if sampler == "ddim_eta0" else 1.0, generators=[0, 1, 2],
+                          prediction=prediction)
     torch.testing.assert_close(out, x_star.expand(shape), atol=1e-5, rtol=0)
 
 

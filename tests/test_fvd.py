@@ -255,3 +255,33 @@ def test_fvd_command_end_to_end(tmp_path):
         np.save(tmp_path / "bad.npy", real.astype(np.float32))
         args.real = tmp_path / "bad.npy"
         args.func(args)
+
+
+def test_floor_at_the_same_n_embeds_2n_real_clips(monkeypatch):
+    """eval.floor_videos = N: the FVD still compares the first N real clips with the N fake ones, the floor
+    compares two disjoint sets of N from 2N real clips, and too few real clips is an error naming them."""
+    import pvdm.eval.i3d as i3d
+
+    embedded = []
+
+    def cheap_i3d(device):  # per-frame means: a deterministic stand-in for the 400-d I3D logits
+        def model(x):
+            embedded.append(len(x))
+            return x.mean(dim=(3, 4)).flatten(1)
+        return model
+
+    monkeypatch.setattr(i3d, "load_i3d", cheap_i3d)
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, size=(10, 16, 8, 8, 3), dtype=np.uint8)
+    fake = rng.integers(0, 200, size=(4, 16, 8, 8, 3), dtype=np.uint8)
+    kw = dict(num_videos=4, frames=16, bootstrap_rounds=0, device="cpu")
+    monkeypatch.setattr(fvd, "preprocess", lambda x, mode: x.float())
+    half = fvd.evaluate_fvd(real, fake, **kw)
+    same_n = fvd.evaluate_fvd(real, fake, floor_videos=4, **kw)
+    assert same_n.value == half.value  # the model's FVD is unchanged
+    assert half.real_floor.n == 2 and same_n.real_floor.n == 4
+    assert same_n.protocol["num_real"] == 4
+    assert same_n.real_floor.value != half.real_floor.value
+    assert sum(embedded) == (4 + 4) + (8 + 4)  # 2N real clips embedded for the same-N floor
+    with pytest.raises(ValueError, match="needs 12 real clips of 16 frames; the real set has 10"):
+        fvd.evaluate_fvd(real, fake, floor_videos=6, **kw)

@@ -50,7 +50,7 @@ def test_metric_files_targets_and_table_rows(tiny):
         "results/tiny/data/manifest.json", "results/tiny/autoencoder/stage1/model.pt",
         "results/tiny/autoencoder/gan/model.pt", "results/paper/figures/tiny_autoencoder_16.png",
         "results/paper/figures/tiny_diffusion_16.png", "results/paper/figures/tiny_samples_16.png",
-        "results/paper/table1.md",
+        "results/paper/figures/tiny_compare_16.png", "results/paper/table1.md",
     ]
     rows = tiny.table_rows()
     assert [r["kind"] for r in rows] == ["ours", "untrained", "real_floor"]
@@ -79,6 +79,11 @@ def test_options_change_the_plan(tmp_path):
     assert e.diffusion_checkpoint("model") == "results/tiny/diffusion/model.pt" and e.weights_label("model") == "raw"
     assert e.sample_runs() == [("model", 16)] and e.long_frames is None
     assert [r["kind"] for r in e.table_rows()] == ["ours", "real_floor"] and "fvd128" not in e.table_rows()[0]
+    assert e.floor_option(16) == ""  # eval.floor_videos unset: the protocol's two halves
+    cfg["experiments"]["tiny"]["eval"]["floor_videos"] = 1000
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    e = Plan(load_config(tmp_path / "c.yaml"))["tiny"]
+    assert e.floor_option(16) == f"--floor-videos {e.fvd_count(16)}"  # at most the FVD's own N
     # no eval section: no metrics, no table; no sampling: no figures
     del cfg["experiments"]["tiny"]["eval"], cfg["experiments"]["tiny"]["sampling"]
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))

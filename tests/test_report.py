@@ -21,6 +21,7 @@ from pvdm.eval.records import FVDRecord
 from pvdm.report import commands
 from pvdm.report.figures import (
     metric_step,
+    plot_comparison,
     plot_fvd_checkpoints,
     plot_sample_strip,
     plot_training_curves,
@@ -355,6 +356,22 @@ def test_sample_strip_layout_and_png(tmp_path):
     assert grey.shape[-1] == 3 and (grey[2, 2] == videos[0, 0, 0, 0, 0]).all()
     with pytest.raises(ValueError, match="expected uint8 videos"):
         strip_image(videos.astype(np.float32))
+
+
+def test_comparison_figure_stacks_labelled_strips(tmp_path):
+    rng = np.random.default_rng(2)
+    blocks = [(name, rng.integers(0, 256, (3, 8, 12, 12, 3), dtype=np.uint8)) for name in ("real", "rec", "gen")]
+    png = _check_png(plot_comparison(blocks, tmp_path / "cmp.png", every=2, title="t"))
+    strips = [strip_image(v, 3, 2) for _, v in blocks]
+    found = []  # every strip appears pixel for pixel, top to bottom in the given order
+    for s in strips:
+        hits = [(y, x) for y in range(png.shape[0] - s.shape[0] + 1) for x in range(png.shape[1] - s.shape[1] + 1)
+                if (png[y, x] == s[0, 0]).all() and (png[y:y + s.shape[0], x:x + s.shape[1]] == s).all()]
+        assert len(hits) == 1
+        found.append(hits[0])
+    assert found[0][0] < found[1][0] < found[2][0] and len({x for _, x in found}) == 1
+    with pytest.raises(ValueError, match="at least one"):
+        plot_comparison([], tmp_path / "none.png")
 
 
 def test_fvd_over_checkpoints(tmp_path):

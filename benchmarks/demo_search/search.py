@@ -243,8 +243,8 @@ def save_unet_from_state(state_path: Path, out_dir: Path, tag: str) -> dict[str,
 
 def fvd16(real_dir: Path, fake_dir: Path, n: int, cache: Path | None = SCRATCH / "fvdcache") -> dict:
     """FVD16 with the project's protocol (pvdm fvd defaults; real features cached per protocol)."""
-    from pvdm.eval.commands import _load_videos
     from pvdm.eval.fvd import evaluate_fvd
+    from pvdm.eval.videos import load_videos as _load_videos
 
     real, real_src = _load_videos(real_dir, 0)
     fake, fake_src = _load_videos(fake_dir, 0)
@@ -261,8 +261,8 @@ def real_features(data: Path, n: int = 128) -> np.ndarray:
     one random 16-frame window per video), computed once and cached; the first k rows are the N=k set."""
     import numpy as np
 
-    from pvdm.eval.commands import _load_videos
     from pvdm.eval.fvd import compute_features, iter_clips, select_clips
+    from pvdm.eval.videos import load_videos as _load_videos
 
     path = SCRATCH / "feats" / f"{data.name}_train_real_{n}.npy"
     if path.exists():
@@ -278,8 +278,8 @@ def real_features(data: Path, n: int = 128) -> np.ndarray:
 
 
 def fake_features(clips_dir: Path, n: int) -> tuple[np.ndarray, float]:
-    from pvdm.eval.commands import _load_videos
     from pvdm.eval.fvd import compute_features, iter_clips, select_clips
+    from pvdm.eval.videos import load_videos as _load_videos
 
     videos, _ = _load_videos(clips_dir, 0)
     sel = select_clips([videos.shape[1]] * len(videos), n, 16, "first_n_from_start", 0)
@@ -289,14 +289,22 @@ def fake_features(clips_dir: Path, n: int) -> tuple[np.ndarray, float]:
 
 
 def fvd_numbers(real_f, fake_f) -> dict:
-    """What evaluate_fvd reports (value, bootstrap interval, real-vs-real floor of two halves), from features."""
-    from pvdm.eval.fvd import bootstrap_fvd, fvd_from_features, real_floor
+    """What pvdm fvd reports, from features: the value at N (= fake clips, against the first N real ones),
+    the half-sample interval of E[FVD_N], the real-vs-real floor at the same N (two disjoint sets of N
+    from the first 2N real clips, eval.floor_videos = N) and at N/2 (two halves of the N, the protocol's
+    default)."""
+    from pvdm.eval.fvd import fvd_from_features, real_floor
+    from pvdm.eval.intervals import fixed_n
 
     n = len(fake_f)
-    real_f = real_f[:n]
-    lo, hi = bootstrap_fvd(real_f, fake_f, 100, 0)
-    return {"n": n, "fvd": round(fvd_from_features(real_f, fake_f), 2), "interval95": [round(lo, 1), round(hi, 1)],
-            "floor": round(real_floor(real_f, n // 2, 0), 2), "floor_n": n // 2}
+    real_n = real_f[:n]
+    lo, hi = fixed_n(real_n, fake_f, 100, 0)
+    out = {"n": n, "fvd": round(fvd_from_features(real_n, fake_f), 2), "interval95": [round(lo, 1), round(hi, 1)],
+           "floor_half": round(real_floor(real_n, n // 2, 0), 2)}
+    if len(real_f) >= 2 * n:
+        out["floor"] = round(real_floor(real_f[: 2 * n], n, 0), 2)
+        out["ratio"] = round(out["fvd"] / out["floor"], 2)
+    return out
 
 
 def strip_png(clips_dir: Path, out: Path, n: int = 6, every: int = 2, scale: int = 2) -> Path:
@@ -320,6 +328,7 @@ def cmd_dm(args: argparse.Namespace) -> None:
     import torch
 
     from pvdm.checkpoints import load_autoencoder, save_diffusion
+    from pvdm.diffusion.samplers import Sampler
     from pvdm.models.unet import TriplaneUNet
     from pvdm.sample import generate
     from pvdm.train.diffusion import train_diffusion, unet_config
@@ -368,14 +377,14 @@ def cmd_dm(args: argparse.Namespace) -> None:
             t1 = cpu()
             do_fvd = args.fvd_n and (not args.fvd_at or k in [int(a) for a in args.fvd_at.split(",")])
             n_samples = max(args.sample_n, args.fvd_n) if do_fvd else args.sample_n
-            generate(ae_path, ckpt, sdir, num_videos=n_samples, frames=frames, seed=s["seed"],
-                     batch_size=s["batch_size"], steps=args.sampler_steps or s["steps"], eta=s["eta"],
-                     device="cpu", ema=kind == "ema")
+            sampler = Sampler.from_config({**s["sampler"], **({"steps": args.sampler_steps} if args.sampler_steps else {})})
+            generate(ae_path, ckpt, sdir, num_videos=n_samples, frames=frames, sampler=sampler, seed=s["seed"],
+                     batch_size=s["batch_size"], device="cpu", weights=kind)
             sample_cpu = cpu() - t1
             png = strip_png(sdir / "clips", HERE / "img" / f"dm_{args.name}_{kind}_{k}.png")
             row = {"run": args.name, "step": k, "kind": kind, "train_cpu_s": round(train_cpu, 1),
                    "setup_cpu_s": round(setup_cpu, 1), "loss_recent": loss,
-                   "sample_n": n_samples, "sampler_steps": args.sampler_steps or s["steps"],
+                   "sample_n": n_samples, "sampler_steps": sampler.steps,
                    "sample_cpu_s": round(sample_cpu, 1), "png": str(png.relative_to(HERE)),
                    "ae": str(ae_path), "data": args.data, "overrides": args.overrides,
                    "schedule": args.schedule}
@@ -398,6 +407,7 @@ def cmd_resample(args: argparse.Namespace) -> None:
 
     import torch
 
+    from pvdm.diffusion.samplers import Sampler
     from pvdm.sample import generate
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -407,7 +417,8 @@ def cmd_resample(args: argparse.Namespace) -> None:
         shutil.rmtree(sdir)
     t0 = cpu()
     generate(args.ae, args.unet, sdir, num_videos=args.n, frames=16, seed=0, batch_size=32,
-             steps=args.steps, eta=args.eta, device="cpu", ema=not args.untrained)
+             sampler=Sampler("ddim", args.steps, args.eta), device="cpu",
+             weights="untrained" if args.untrained else "ema")
     sample_cpu = cpu() - t0
     png = strip_png(sdir / "clips", HERE / "img" / f"resample_{args.name}.png")
     real_f = real_features(data, max(128, args.n))

@@ -40,23 +40,34 @@ def load_digits() -> np.ndarray:
     return table[:, :-1].reshape(-1, DIGIT, DIGIT).clip(0, 255).astype(np.uint8)
 
 
-def digit_pool(split: str) -> np.ndarray:
-    """Indices of the digits a split may use (train and test pools are disjoint)."""
+def digit_pool(split: str, digits_per_class: int | None = None) -> np.ndarray:
+    """Indices of the digits a split may use (train and test pools are disjoint).
+
+    ``digits_per_class`` keeps the first k digits of each class in the split's range (the same k
+    handwritings in every video of the split); None keeps all 400 (train) / 100 (test).
+    """
     within_class = np.arange(NUM_DIGITS_TOTAL) % PER_CLASS
     if split in ("train", "train_long"):
-        return np.flatnonzero(within_class < PER_CLASS - TEST_PER_CLASS)
-    if split == "test":
-        return np.flatnonzero(within_class >= PER_CLASS - TEST_PER_CLASS)
-    raise ValueError(f"Moving MNIST split {split!r}; choose train, test or train_long")
+        offset, size = within_class, PER_CLASS - TEST_PER_CLASS
+    elif split == "test":
+        offset, size = within_class - (PER_CLASS - TEST_PER_CLASS), TEST_PER_CLASS
+    else:
+        raise ValueError(f"Moving MNIST split {split!r}; choose train, test or train_long")
+    if digits_per_class is not None:
+        if not 1 <= digits_per_class <= size:
+            raise ValueError(f"digits_per_class={digits_per_class}: the {split} pool has 1..{size} per class")
+        size = digits_per_class
+    return np.flatnonzero((offset >= 0) & (offset < size))
 
 
 def generate_video(
-    index: int, split: str, frames: int, seed: int = 0, num_digits: int = 2, speed: float = 3.6
+    index: int, split: str, frames: int, seed: int = 0, num_digits: int = 2, speed: float = 3.6,
+    digits_per_class: int | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """One video, uint8 ``# t 64 64 3``, and the digit indices it used."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
     digits = load_digits()
-    chosen = rng.choice(digit_pool(split), size=num_digits, replace=False)
+    chosen = rng.choice(digit_pool(split, digits_per_class), size=num_digits, replace=False)
     limit = CANVAS - DIGIT
     canvas = np.zeros((frames, CANVAS, CANVAS), dtype=np.uint8)
     for d in chosen:

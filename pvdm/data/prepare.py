@@ -218,7 +218,8 @@ def _build_moving_mnist(
             with Progress(count, f"generate moving_mnist {split}") as bar:
                 for i in range(count):
                     video, used = moving_mnist.generate_video(
-                        i, split, frames * params.frame_stride, seed, mm["num_digits"], mm["speed"]
+                        i, split, frames * params.frame_stride, seed, mm["num_digits"], mm["speed"],
+                        mm["digits_per_class"],
                     )
                     clip = center_crop_resize(
                         video[:: params.frame_stride], params.resolution, params.resize_filter
@@ -236,8 +237,9 @@ def _build_moving_mnist(
             "shape": [count, frames, params.resolution, params.resolution, 3],
             "skipped": {"count": 0, "items": []},
             "digit_pool": {
-                "size": int(len(moving_mnist.digit_pool(split))),
+                "size": int(len(moving_mnist.digit_pool(split, mm["digits_per_class"]))),
                 "rule": "train: first 400 of each class; test: last 100",
+                "digits_per_class": mm["digits_per_class"],
             },
             "distinct_digits_used": len({d for u in digit_use for d in u}),
         }

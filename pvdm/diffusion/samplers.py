@@ -88,14 +88,15 @@ class Sampler:
         return [(t, t - 1) for t in reversed(range(num_timesteps))]
 
 
-def _predict_eps(
+def _predict(
     model: Model, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, guidance: float
 ) -> torch.Tensor:
-    eps = model(x, t, cond)
+    out = model(x, t, cond)
     if guidance and cond is not None:
-        # Classifier-free guidance against the all-zeros ("dropped") condition, as the original's DDIM.
-        eps = (1.0 + guidance) * eps - guidance * model(x, t, torch.zeros_like(cond))
-    return eps
+        # Classifier-free guidance against the all-zeros ("dropped") condition, as the original's DDIM
+        # (a linear combination: the same in eps and in v).
+        out = (1.0 + guidance) * out - guidance * model(x, t, torch.zeros_like(cond))
+    return out
 
 
 Noise = Callable[[], torch.Tensor]
@@ -144,8 +145,10 @@ def sample(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     callback: Callback | None = None,
+    prediction: str = "eps",
 ) -> torch.Tensor:
-    """Draw ``shape`` = ``[B, C, L]`` latents with ``sampler``: one loop for every sampler."""
+    """Draw ``shape`` = ``[B, C, L]`` latents with ``sampler``: one loop for every sampler.
+    ``prediction`` says what the model outputs (eps or v; a U-Net's ``cfg.prediction``)."""
     if len(shape) < 2:
         raise ValueError(f"shape must be [B, ...], got {list(shape)}")
     schedule = schedule or NoiseSchedule()
@@ -161,8 +164,7 @@ def sample(
     with Progress(len(pairs), f"{sampler.name} sampling") if progress else _NoProgress() as bar:
         for i, (step, step_next) in enumerate(pairs):
             t = torch.full((shape[0],), step, device=device, dtype=torch.long)
-            eps = _predict_eps(model, x, t, cond, guidance)
-            x0 = schedule.predict_x0(x, t, eps)
+            eps, x0 = schedule.eps_and_x0(x, t, _predict(model, x, t, cond, guidance), prediction)
             if clip:
                 x0 = x0.clamp(-1.0, 1.0)
             x = update(schedule, x, x0, eps, t, step, step_next, sampler.eta, noise)

@@ -455,8 +455,9 @@ def evaluate_fvd(
 
     Picks ``num_videos`` real clips with ``selector`` and fake clips with ``fake_selector`` (``frames``
     frames each), embeds them with I3D and returns the record: value (sqrtm) and its eigenvalue
-    cross-check, the 95% interval of E[FVD_N] and the estimated finite-N bias, the real-vs-real floor (two disjoint halves of the real set unless
-    ``floor_videos`` is given) and the protocol card. ``real_source``/``fake_source`` identify the inputs
+    cross-check, the 95% interval of E[FVD_N] and the estimated finite-N bias, the real-vs-real floor (two disjoint halves of the real set; with
+    ``floor_videos`` = k, 2k real clips are embedded, the FVD uses the first ``num_videos`` of them and the
+    floor two disjoint sets of k) and the protocol card. ``real_source``/``fake_source`` identify the inputs
     (e.g. path + sha256) and are needed for feature caching in ``cache_dir``.
     """
     from pvdm.eval.i3d import i3d_weights_sha256, load_i3d
@@ -464,7 +465,13 @@ def evaluate_fvd(
     for name, v in (("real", real_videos), ("fake", fake_videos)):
         if v.dtype != np.uint8 or v.ndim != 5 or v.shape[-1] not in (1, 3):
             raise ValueError(f"{name} videos: expected uint8 [N, L, H, W, 3], got {v.dtype} {v.shape}")
-    real_sel = select_clips([real_videos.shape[1]] * len(real_videos), num_videos, frames, selector, seed)
+    # A floor at the FVD's own N needs 2N real clips: the FVD uses the first N of them (the same clips
+    # and offsets a selection of N gives with first_n_sorted), the floor two disjoint halves of all.
+    num_real = max(num_videos, 2 * floor_videos) if floor_videos is not None else num_videos
+    real_sel = select_clips([real_videos.shape[1]] * len(real_videos), num_real, frames, selector, seed)
+    if floor_videos is not None and len(real_sel) < 2 * floor_videos:
+        raise ValueError(f"a real-vs-real floor of {floor_videos} videos per half needs {2 * floor_videos} real "
+                         f"clips of {frames} frames; the real set has {len(real_sel)}")
     fake_sel = select_clips(
         [fake_videos.shape[1]] * len(fake_videos), num_videos, frames, fake_selector, seed
     )
@@ -513,7 +520,8 @@ def evaluate_fvd(
         }
         return cached_features(cache_dir, protocol, compute)
 
-    real_f = features(real_videos, real_sel, "real", selector, real_source)
+    real_all = features(real_videos, real_sel, "real", selector, real_source)
+    real_f = real_all[:num_videos]
     fake_f = features(fake_videos, fake_sel, "fake", fake_selector, fake_source)
     mu_r, sigma_r = feature_stats(real_f, unbiased)
     mu_f, sigma_f = feature_stats(fake_f, unbiased)
@@ -536,7 +544,7 @@ def evaluate_fvd(
     floor = None
     if floor_n >= 2:
         floor = RealFloor(
-            value=real_floor(real_f, floor_n, seed, unbiased),
+            value=real_floor(real_all, floor_n, seed, unbiased),
             n=floor_n,
             seed=seed,
             note="FVD between two disjoint random subsets of the selected real clips",

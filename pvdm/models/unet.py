@@ -27,6 +27,8 @@ from torch import nn
 # ----------------------------------------------------------------------------
 # Config
 
+PREDICTIONS = ("eps", "v")
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -46,6 +48,9 @@ class UNetConfig:
     cond: bool = True  # concatenate a condition latent (previous clip, or zeros) on channels
     latent_side: int = 8  # S: xy plane is S x S (from the autoencoder config)
     latent_frames: int = 16  # T: yt and xt planes are T x S (from the autoencoder config)
+    # What the output is: "eps" (the noise, the original PVDM) or "v" = sqrt(abar) eps - sqrt(1 - abar) x0.
+    # The diffusion process reads it from the checkpoint's config to turn outputs into (eps, x0).
+    prediction: str = "eps"
 
     def __post_init__(self) -> None:
         # Lists from YAML/JSON become tuples so the config stays hashable and comparable.
@@ -63,6 +68,8 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.channel_mult must be positive integers, got {self.channel_mult}")
         if any(ds < 1 for ds in self.attention_resolutions):
             raise ValueError(f"UNetConfig.attention_resolutions must be >= 1, got {self.attention_resolutions}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"UNetConfig.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
         for mult in self.channel_mult:
@@ -128,6 +135,7 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
         "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
         "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
         "bool": lambda v: isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
         "tuple[int, ...]": lambda v: isinstance(v, tuple)
         and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
     }[annotation]

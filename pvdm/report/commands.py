@@ -89,6 +89,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=run_strip)
 
     f = figs.add_parser(
+        "compare", help="held-out real clips, their reconstructions and generated clips, one above the other",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Three labelled strips (every k-th frame across): the first K clips of a held-out clip "
+        "store, the same clips through the autoencoder, and the first K generated clips.",
+    )
+    f.add_argument("--real", required=True, type=Path, help="held-out clip store (e.g. results/mnist/data/test)")
+    f.add_argument("--autoencoder", required=True, type=Path, help="autoencoder checkpoint that reconstructs them")
+    f.add_argument("--generated", required=True, type=Path, help="clip store of generated clips (samples/.../clips)")
+    f.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    f.add_argument("--num-videos", type=int, default=3, help="rows per block: the first K clips")
+    f.add_argument("--every", type=int, default=2, help="take every k-th frame")
+    f.add_argument("--title", default=None, help="figure title")
+    f.set_defaults(func=run_compare)
+
+    f = figs.add_parser(
         "fvd", help="FVD vs training step from several metric files", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="FVD across saved checkpoints: one line per clip length (FVD16, FVD128) with the "
         "bootstrap interval as error bars and the real-vs-real floor dashed. The step comes from the file "
@@ -165,6 +180,26 @@ def run_strip(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.videos}: expected uint8 videos [N, T, H, W, C], got shape {videos.shape}")
     head = np.asarray(videos[: args.num_videos])  # read only the rows we draw
     plot_sample_strip(head, args.out, args.num_videos, args.every, args.max_frames, args.title)
+    log.info("wrote %s", args.out)
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    from pvdm.checkpoints import load_autoencoder
+    from pvdm.data.store import ClipStore
+    from pvdm.eval.autoencoder import reconstruct
+    from pvdm.report.figures import plot_comparison
+
+    for path in (args.real, args.generated):
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such clip store")
+    if not args.autoencoder.is_file():
+        raise FileNotFoundError(f"{args.autoencoder}: no such checkpoint")
+    model = load_autoencoder(args.autoencoder, map_location="cpu")
+    frames = model.cfg.frames
+    real, rec = next(reconstruct(model, ClipStore(args.real), args.num_videos, frames, args.num_videos))
+    generated = np.asarray(ClipStore(args.generated).clips[: args.num_videos, :frames])
+    blocks = [("real\n(held out)", real), ("reconstructed", rec), ("generated", generated)]
+    plot_comparison(blocks, args.out, args.every, title=args.title)
     log.info("wrote %s", args.out)
 
 

@@ -182,6 +182,32 @@ def plot_sample_strip(videos: np.ndarray, out: str | os.PathLike, num_videos: in
     return _save(fig, out)
 
 
+def plot_comparison(blocks: Sequence[tuple[str, np.ndarray]], out: str | os.PathLike, every: int = 2,
+                    max_frames: int | None = None, title: str | None = None) -> Path:
+    """PNG of labelled strips one above the other (e.g. real, reconstructed, generated): each block is
+    ``(label, uint8 # n t h w c)``, drawn as ``strip_image`` at native pixel size with its label on the left."""
+    if not blocks:
+        raise ValueError("plot_comparison needs at least one (label, videos) block")
+    imgs = [strip_image(v, len(v), every, max_frames) for _, v in blocks]
+    width = max(i.shape[1] for i in imgs)
+    label_w, gap, top = 1.1, 0.12, 0.3 if title else 0.0  # inches
+    heights = [i.shape[0] / DPI for i in imgs]
+    total_h = sum(heights) + gap * (len(imgs) - 1) + top
+    total_w = width / DPI + label_w
+    fig = _figure((total_w, total_h))
+    y = total_h - top
+    for (label, _), img, h in zip(blocks, imgs, heights, strict=True):
+        y -= h
+        ax = fig.add_axes((label_w / total_w, y / total_h, img.shape[1] / DPI / total_w, h / total_h))
+        ax.imshow(img, interpolation="nearest")
+        ax.set_axis_off()
+        fig.text(0.5 * label_w / total_w, (y + h / 2) / total_h, label, ha="center", va="center", fontsize=8)
+        y -= gap
+    if title:
+        fig.suptitle(title, fontsize=9, y=1 - 0.5 * top / total_h, va="center")
+    return _save(fig, out)
+
+
 # ---------------------------------------------------------------------------------------------------
 # FVD across checkpoints
 

@@ -170,7 +170,8 @@ def train_diffusion(
             tt = torch.randint(0, schedule.num_timesteps, (batch,), generator=noise_gen)[local].to(run.device)
             noise = torch.randn((batch, *z.shape[1:]), generator=noise_gen)[local].to(run.device)
             with run.autocast(tcfg["amp"]):
-                loss = training_loss(ddp_model, z, t=tt, noise=noise, cond=c, loss_type=tcfg["loss"], schedule=schedule)
+                loss = training_loss(ddp_model, z, t=tt, noise=noise, cond=c, loss_type=tcfg["loss"],
+                                     schedule=schedule, prediction=cfg.prediction)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tcfg["grad_clip"]:

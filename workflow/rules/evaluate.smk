@@ -16,9 +16,11 @@ rule eval_recon:
     params:
         data=lambda w: PLAN[w.exp].path(L.data),
         ev=lambda w: PLAN[w.exp].cfg["eval"],
+        rfvd=lambda w: "" if PLAN[w.exp].cfg["eval"]["rfvd"] else "--no-rfvd",
     shell:
         "pvdm recon-metrics --autoencoder {input.autoencoder} --data {params.data} --split test "
-        "--num-videos {params.ev[recon_videos]} --bootstrap {params.ev[bootstrap]} --out {output} "
+        "--num-videos {params.ev[recon_videos]} --bootstrap {params.ev[bootstrap]} "
+        "{params.rfvd} --out {output} "
         "> {log} 2>&1"
 
 
@@ -47,11 +49,12 @@ rule eval_fvd:
         ev=lambda w: PLAN[w.exp].cfg["eval"],
         dataset=lambda w: PLAN[w.exp].cfg["data"]["dataset"],
         cache=lambda w: PLAN[w.exp].path(L.feature_cache),
+        floor=lambda w: PLAN[w.exp].floor_option(int(w.frames)),
     shell:
         "pvdm fvd --real {params.real} --fake {params.fake} --frames {wildcards.frames} "
         "--num-videos {params.num} --selector {params.ev[real_selector]} "
         "--seed {params.ev[seed]} --covariance {params.ev[covariance]} --resize {params.ev[resize]} "
-        "--bootstrap {params.ev[bootstrap]} --dataset {params.dataset} "
+        "--bootstrap {params.ev[bootstrap]} {params.floor} --dataset {params.dataset} "
         "--split {params.ev[real_split]} --cache-dir {params.cache} --out {output} > {log} 2>&1"
 
 

@@ -28,6 +28,8 @@ rule paper_figures:
         ae=f"{L.gan}/history.json",
         diffusion=f"{L.diffusion}/metrics.json",
         samples=L.sample_card.replace("{kind}", "model"),
+        autoencoder=lambda w: PLAN[w.exp].autoencoder_checkpoint,
+        manifest=L.manifest,
     output:
         ae=report(
             L.figure.replace("{figure}", "autoencoder"),
@@ -44,12 +46,18 @@ rule paper_figures:
             caption="../report/figures.rst",
             category="Figures",
         ),
+        compare=report(
+            L.figure.replace("{figure}", "compare"),
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
     log:
         f"{L.paper}/logs/paper_figures_{{exp}}_{{frames}}.log",
     conda:
         "../envs/pvdm.yaml"
     params:
         root=lambda w: PLAN[w.exp].path("results/{exp}"),
+        data=lambda w: PLAN[w.exp].path(L.data),
     shell:
         "(pvdm figures curves stage1={params.root}/autoencoder/stage1/log.jsonl "
         "gan={params.root}/autoencoder/gan/log.jsonl --logy --consecutive --title 'autoencoder ({wildcards.exp})' "
@@ -57,4 +65,7 @@ rule paper_figures:
         "pvdm figures curves diffusion={params.root}/diffusion/log.jsonl --keys loss --logy "
         "--title 'latent diffusion ({wildcards.exp})' --out {output.diffusion} && "
         "pvdm figures strip --videos {params.root}/samples/model{wildcards.frames}/clips --num-videos 6 "
-        "--every 2 --title 'samples ({wildcards.exp})' --out {output.strip}) > {log} 2>&1"
+        "--every 2 --title 'samples ({wildcards.exp})' --out {output.strip} && "
+        "pvdm figures compare --real {params.data}/test --autoencoder {input.autoencoder} "
+        "--generated {params.root}/samples/model{wildcards.frames}/clips --num-videos 3 --every 2 "
+        "--title 'held-out, reconstructed, generated ({wildcards.exp})' --out {output.compare}) > {log} 2>&1"

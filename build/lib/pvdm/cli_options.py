@@ -1,0 +1,64 @@
+"""Options several `pvdm` subcommands share, defined once: the experiment settings and the usual
+data / checkpoint / output / device arguments."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pvdm.config import experiment, experiment_from_json, load_config
+
+# name -> (flag, argparse keywords); ``add_options(p, name=help)`` adds them with that help text.
+SHARED: dict[str, tuple[str, dict[str, Any]]] = {
+    "data": ("--data", dict(required=True, type=Path)),
+    "autoencoder": ("--autoencoder", dict(required=True, type=Path)),
+    "out": ("--out", dict(required=True, type=Path)),
+    "device": ("--device", dict(default=None)),
+    "max_steps": ("--max-steps", dict(type=int)),
+}
+DEFAULT_HELP = {
+    "data": "the data stage's folder (results/<exp>/data)",
+    "autoencoder": "autoencoder checkpoint (this project's or an original .pth)",
+    "out": "output folder",
+    "device": "cpu, cuda, cuda:1 ... (default: this rank's GPU if any, else cpu)",
+    "max_steps": "stop after this many steps (the state stays resumable)",
+}
+
+
+def add_options(p: argparse.ArgumentParser, *names: str, **helps: str) -> None:
+    """Add shared options by name; ``name=help`` gives one its own help text."""
+    for name in (*names, *helps):
+        flag, kwargs = SHARED[name]
+        p.add_argument(flag, help=helps.get(name, DEFAULT_HELP[name]), **kwargs)
+
+
+def add_experiment_args(p: argparse.ArgumentParser) -> None:
+    """The config options every stage command takes."""
+    g = p.add_argument_group("configuration")
+    g.add_argument(
+        "--config",
+        action="append",
+        metavar="YAML",
+        help="config file; repeat to layer files (later ones override earlier ones)",
+    )
+    g.add_argument("--exp", help="experiment id inside the config (optional when it holds one experiment)")
+    g.add_argument(
+        "--settings", metavar="JSON", help="an experiment's settings as JSON (how Snakemake rules call)"
+    )
+    g.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. experiments.mnist.data.resolution=32",
+    )
+
+
+def resolve_experiment(args: argparse.Namespace) -> tuple[str, dict]:
+    if args.settings:
+        if args.config or args.overrides:
+            raise SystemExit("error: use either --settings or --config [overrides], not both")
+        return args.exp or "experiment", experiment_from_json(args.settings)
+    if not args.config:
+        raise SystemExit("error: give --config YAML (e.g. config/config.yaml) or --settings JSON")
+    return experiment(load_config(args.config, args.overrides), args.exp)

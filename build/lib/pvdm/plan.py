@@ -1,0 +1,366 @@
+"""The experiment plan: for a validated config, every output path, the checkpoint each stage reads,
+the sampler, the jobs that run and the rows of the paper table.
+
+This is the one place that decides these things. The Snakemake rules declare their inputs and
+outputs from ``Layout`` and ask ``Plan`` / ``ExperimentPlan`` for everything else; ``pvdm publish``
+and the CLI ask the same objects. Paths are relative to the working directory of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pvdm.diffusion.samplers import Sampler
+
+
+def shard_name(shard: int, shards: int) -> str:
+    """``002of008``: shard 2 of 8 of a sample set."""
+    return f"{shard:03d}of{shards:03d}"
+
+
+def parse_shard(name: str) -> tuple[int, int]:
+    k, _, n = name.partition("of")
+    if not (k.isdigit() and n.isdigit()) or not 0 <= int(k) < int(n):
+        raise ValueError(f"shard {name!r}: expected KofN with 0 <= K < N, e.g. 002of008")
+    return int(k), int(n)
+
+
+class Layout:
+    """Path templates of every stage (``{exp}``, ``{kind}``, ``{frames}``, ``{dataset}`` wildcards)."""
+
+    raw = "results/raw/{dataset}"
+    download = "results/raw/{dataset}/download.json"
+    data = "results/{exp}/data"
+    manifest = "results/{exp}/data/manifest.json"
+    stage1 = "results/{exp}/autoencoder/stage1"
+    gan = "results/{exp}/autoencoder/gan"
+    released = "results/{exp}/released"
+    diffusion = "results/{exp}/diffusion"
+    samples = "results/{exp}/samples/{kind}{frames}"
+    sample_clips = "results/{exp}/samples/{kind}{frames}/clips"
+    sample_card = "results/{exp}/samples/{kind}{frames}/samples.json"
+    sample_shard = "results/{exp}/samples/{kind}{frames}/shards/{shard}.npy"  # shard: "002of008"
+    metrics = "results/{exp}/metrics"
+    fvd = "results/{exp}/metrics/fvd{frames}_{kind}.json"
+    recon = "results/{exp}/metrics/recon.json"
+    inception = "results/{exp}/metrics/is{frames}_model.json"
+    feature_cache = "results/{exp}/metrics/feature_cache"
+    logs = "results/{exp}/logs"
+    benchmarks = "benchmarks/{exp}"
+    paper = "results/paper"
+    table = "results/paper/table1"
+    figure = "results/paper/figures/{exp}_{figure}_{frames}.png"
+
+
+TABLE_FILES = tuple(f"{Layout.table}.{ext}" for ext in ("md", "csv", "tex", "json"))
+FIGURES = ("autoencoder", "diffusion", "samples", "compare")
+# Stages whose jobs may run several processes (torchrun, one per GPU); the others use one device
+# each and spread over devices by jobs (sampling shards).
+MULTI_PROCESS_STAGES = ("train_autoencoder", "finetune_gan", "train_diffusion")
+SAMPLE_KINDS = ("model", "untrained")  # the trained U-Net, and its initialisation as a baseline
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    """What one experiment (``experiments.<id>`` of a validated config) runs and writes."""
+
+    id: str
+    cfg: dict[str, Any]
+
+    def path(self, template: str, **wildcards: Any) -> str:
+        return template.format(exp=self.id, **wildcards)
+
+    # --- what the experiment has ----------------------------------------------------------------
+
+    @property
+    def released(self) -> bool:
+        """Sampled from the released PVDM checkpoints (imported), not trained here."""
+        return "released" in self.cfg
+
+    @property
+    def trains_autoencoder(self) -> bool:
+        return not self.released and "stage1" in self.cfg.get("autoencoder", {})
+
+    @property
+    def has_gan(self) -> bool:
+        return not self.released and "gan" in self.cfg.get("autoencoder", {})
+
+    @property
+    def samples(self) -> bool:
+        return "sampling" in self.cfg and (self.released or "diffusion" in self.cfg)
+
+    @property
+    def evaluates(self) -> bool:
+        return "eval" in self.cfg
+
+    @property
+    def clip_length(self) -> int:
+        """Frames of one generated clip: the autoencoder's (the released PVDM models have 16)."""
+        return self.cfg.get("autoencoder", {}).get("model", {}).get("frames", 16)
+
+    @property
+    def sampler(self) -> Sampler:
+        return Sampler.from_config(self.cfg["sampling"]["sampler"])
+
+    @property
+    def long_frames(self) -> int | None:
+        """Frames of the long videos (FVD-128), or None when the experiment makes none."""
+        s = self.cfg["sampling"]
+        if s["long_videos"] and self.cfg["data"]["long_frames"]:
+            return s["long_frames"]
+        return None
+
+    @property
+    def inception_score(self) -> bool:
+        """The IS of the model's clips is computed (eval.c3d_dir names the C3D archives)."""
+        return self.samples and self.evaluates and self.cfg["eval"]["c3d_dir"] is not None
+
+    def c3d_archives(self) -> list[str]:
+        """The two archives of the UCF-101 C3D in eval.c3d_dir; missing ones are a config error."""
+        from pvdm.eval.c3d import MEAN_NPZ, WEIGHTS_NPZ, missing_archives_message
+
+        folder = Path(self.cfg["eval"]["c3d_dir"])
+        paths = [folder / WEIGHTS_NPZ, folder / MEAN_NPZ]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise ValueError(f"experiments.{self.id}.eval.c3d_dir: " + missing_archives_message(missing, folder))
+        return [str(p) for p in paths]
+
+    @property
+    def untrained_baseline(self) -> bool:
+        return self.samples and not self.released and self.cfg["sampling"]["untrained_baseline"]
+
+    # --- checkpoints each stage reads -----------------------------------------------------------
+
+    @property
+    def autoencoder_checkpoint(self) -> str:
+        """The autoencoder that diffusion, sampling and reconstruction metrics use."""
+        if self.released:
+            return f"{self.path(Layout.released)}/autoencoder.pt"
+        return f"{self.path(Layout.gan)}/model.pt"
+
+    def diffusion_checkpoint(self, kind: str) -> str:
+        """The U-Net a sample job uses: EMA or raw weights (sampling.ema), or the untrained init."""
+        if self.released:
+            return f"{self.path(Layout.released)}/diffusion.pt"
+        if kind == "untrained":
+            return f"{self.path(Layout.diffusion)}/untrained.pt"
+        return f"{self.path(Layout.diffusion)}/{'ema' if self.cfg['sampling']['ema'] else 'model'}.pt"
+
+    def weights_label(self, kind: str) -> str:
+        """Which U-Net weights make a sample set, for its card: untrained, ema or raw (sampling.ema;
+        for released files it says which weights the file holds)."""
+        if kind == "untrained" and not self.released:
+            return "untrained"
+        return "ema" if self.cfg["sampling"]["ema"] else "raw"
+
+    def checkpoints_to_publish(self) -> list[str]:
+        """The checkpoints a reader needs to sample again without training (what `sample` reads)."""
+        if self.released:
+            return [self.autoencoder_checkpoint, self.diffusion_checkpoint("model")]
+        paths = [self.autoencoder_checkpoint] if self.has_gan else []
+        if "diffusion" in self.cfg:
+            paths.append(self.diffusion_checkpoint("model"))
+            if self.untrained_baseline:
+                paths.append(self.diffusion_checkpoint("untrained"))
+        return paths
+
+    # --- sampling and evaluation ----------------------------------------------------------------
+
+    def sample_runs(self) -> list[tuple[str, int]]:
+        """(kind, frames) of every sample set: clips of the model (and of the untrained baseline,
+        clips only: long videos of noise cost I3D time and tell nothing more), long videos."""
+        if not self.samples:
+            return []
+        t = self.clip_length
+        runs = [("model", t)] + ([("untrained", t)] if self.untrained_baseline else [])
+        if self.long_frames:
+            runs.append(("model", self.long_frames))
+        return runs
+
+    def sample_count(self, frames: int) -> int:
+        s = self.cfg["sampling"]
+        return s["num_videos"] if frames == self.clip_length else s["long_videos"]
+
+    def fvd_count(self, frames: int) -> int:
+        """Clips per FVD: eval.fvd_videos, and for long videos at most the number sampled."""
+        n = self.cfg["eval"]["fvd_videos"]
+        return n if frames == self.clip_length else min(n, self.cfg["sampling"]["long_videos"])
+
+    def floor_option(self, frames: int) -> str:
+        """``--floor-videos K`` of an FVD job (eval.floor_videos, at most the FVD's N), or nothing."""
+        k = self.cfg["eval"]["floor_videos"]
+        return f"--floor-videos {min(k, self.fvd_count(frames))}" if k else ""
+
+    def real_store(self, frames: int) -> str:
+        """Real clips of FVD-<frames>: the configured split for clips, the long store for videos."""
+        data = self.path(Layout.data)
+        if frames <= self.cfg["data"]["clip_frames"]:
+            return f"{data}/{self.cfg['eval']['real_split']}"
+        return f"{data}/train_long"
+
+    def metric_files(self) -> list[str]:
+        """Every metric file of the experiment: reconstruction, then one FVD per sample set."""
+        if not self.evaluates:
+            return []
+        out = [self.path(Layout.recon)]
+        out += [self.path(Layout.fvd, kind=k, frames=f) for k, f in self.sample_runs()]
+        if self.inception_score:
+            out.append(self.path(Layout.inception, frames=self.clip_length))
+        return out
+
+    @property
+    def has_figures(self) -> bool:
+        return self.has_gan and self.samples
+
+    def figure_files(self) -> list[str]:
+        if not self.has_figures:
+            return []
+        return [self.path(Layout.figure, figure=f, frames=self.clip_length) for f in FIGURES]
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        """Rows of the paper table: ours (or released), the untrained baseline, the real-vs-real floor."""
+        if not self.evaluates:
+            return []
+        dataset, t = self.cfg["data"]["dataset"], self.clip_length
+        label = self.cfg.get("label", self.id)
+        fvd: dict[str, str] = {}
+        if self.samples:
+            fvd["fvd16"] = self.path(Layout.fvd, kind="model", frames=t)
+            if self.long_frames:
+                fvd["fvd128"] = self.path(Layout.fvd, kind="model", frames=self.long_frames)
+        row: dict[str, Any] = {"id": self.id, "label": label, "dataset": dataset}
+        row["kind"] = "released" if self.released else "ours"
+        if self.cfg["paper_variant"]:
+            row["paper_variant"] = self.cfg["paper_variant"]
+        if self.inception_score:
+            row["inception"] = self.path(Layout.inception, frames=t)
+        rows = [{**row, **fvd, "recon": self.path(Layout.recon)}]
+        if self.untrained_baseline:
+            rows.append({
+                "id": f"{self.id}_untrained", "label": f"{label}: untrained U-Net", "dataset": dataset,
+                "kind": "untrained", "fvd16": self.path(Layout.fvd, kind="untrained", frames=t),
+            })
+        if fvd:
+            rows.append({
+                "id": f"{self.id}_floor", "label": f"real vs real ({dataset})", "dataset": dataset,
+                "kind": "real_floor", **fvd,
+            })
+        return rows
+
+    # --- what a job asks for ------------------------------------------------------------------------
+
+    def job(self, stage: str) -> dict[str, int]:
+        """Snakemake resources of a stage's jobs (resources.<stage> of the config): gpu, cpus_per_gpu,
+        mem_mb, runtime, threads, and nproc (processes per job: torchrun when above 1)."""
+        r = self.cfg["resources"][stage]
+        multi = stage in MULTI_PROCESS_STAGES
+        if not multi and (r["gpus"] > 1 or r["processes"] > 1):
+            raise ValueError(
+                f"experiments.{self.id}.resources.{stage}: gpus {r['gpus']}, processes {r['processes']}: "
+                f"{stage} jobs run one process on one device each"
+                + ("; spread sampling over GPUs with resources.sample.shards" if stage == "sample" else "")
+            )
+        nproc = max(r["gpus"], r["processes"]) if multi else 1
+        if r["gpus"] > 1 and r["processes"] not in (1, r["gpus"]):
+            raise ValueError(f"experiments.{self.id}.resources.{stage}: processes must be 1 or equal to gpus "
+                             f"({r['gpus']}): one process per GPU")
+        threads = r["cpus_per_gpu"] * r["gpus"] if r["gpus"] else r["cpus"]
+        return {"gpu": r["gpus"], "cpus_per_gpu": r["cpus_per_gpu"], "mem_mb": r["mem_mb"], "runtime": r["runtime"],
+                "threads": threads, "nproc": nproc}
+
+    def shards(self, frames: int) -> list[str]:
+        """Names of the sampling jobs of a sample set (resources.sample.shards, at most one per video)."""
+        n = min(self.cfg["resources"]["sample"]["shards"], max(1, self.sample_count(frames)))
+        return [shard_name(k, n) for k in range(n)]
+
+    # --- what a job depends on --------------------------------------------------------------------
+
+    def settings(self, *sections: str) -> str:
+        """The (dotted) config sections a job reads, as JSON; passed to the job as a param, so
+        changing them reruns exactly the jobs that read them (Snakemake's params trigger)."""
+        picked: dict[str, Any] = {"seed": self.cfg["seed"]}
+        for dotted in sections:
+            *parents, leaf = dotted.split(".")
+            src, dst = self.cfg, picked
+            for key in parents:
+                src, dst = src[key], dst.setdefault(key, {})
+            dst[leaf] = src[leaf]
+        return json.dumps(picked, sort_keys=True)
+
+    def raw_inputs(self) -> list[str]:
+        """The download rule's output when the dataset has no user-given root, else nothing."""
+        data = self.cfg["data"]
+        if data["dataset"] == "moving_mnist" or data["root"]:
+            return []
+        return [Layout.download.format(dataset=data["dataset"])]
+
+    def released_config_args(self) -> str:
+        """--autoencoder-config / --diffusion-config for original-format files that are not the paper's."""
+        rel = self.cfg["released"]
+        args = []
+        for key in ("autoencoder_config", "diffusion_config"):
+            if rel[key]:
+                args.append(f"--{key.replace('_', '-')} {shlex.quote(json.dumps(rel[key]))}")
+        return " ".join(args)
+
+    def targets(self) -> list[str]:
+        """What the default target builds of this experiment: as far as its config goes."""
+        out = [self.path(Layout.manifest)]
+        if self.trains_autoencoder:
+            out.append(f"{self.path(Layout.stage1)}/model.pt")
+        if self.has_gan or self.released:
+            out.append(self.autoencoder_checkpoint)
+        return out + self.figure_files()
+
+
+class Plan:
+    """The plan of a whole validated config: its experiments, the default targets, the table."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.experiments = {exp: ExperimentPlan(exp, cfg) for exp, cfg in config["experiments"].items()}
+        self.selected = list(config.get("targets") or self.experiments)
+        unknown = [e for e in self.selected if e not in self.experiments]
+        if unknown:
+            raise ValueError(f"targets {unknown} are not experiments of the config (have {sorted(self.experiments)})")
+
+    def __getitem__(self, exp: str) -> ExperimentPlan:
+        return self.experiments[exp]
+
+    def _chosen(self) -> list[ExperimentPlan]:
+        return [self.experiments[e] for e in self.selected]
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        return [row for e in self._chosen() for row in e.table_rows()]
+
+    def table_inputs(self) -> list[str]:
+        return [path for e in self._chosen() for path in e.metric_files()]
+
+    def final_targets(self) -> list[str]:
+        """The default target: the paper table and figures when the experiments go that far, else
+        as far as each experiment's config goes (data, autoencoder, ...)."""
+        targets = [t for e in self._chosen() for t in e.targets()]
+        if any(e.evaluates for e in self._chosen()):
+            targets.append(f"{Layout.table}.md")
+        return targets
+
+    # Snakemake adapters: callables of a job's wildcards, for a rule's `threads:` and `resources:`.
+
+    def resources(self, stage: str) -> dict[str, Any]:
+        return {key: (lambda w, key=key: self[w.exp].job(stage)[key])
+                for key in ("gpu", "cpus_per_gpu", "mem_mb", "runtime", "nproc")}
+
+    def threads(self, stage: str) -> Any:
+        return lambda w: self[w.exp].job(stage)["threads"]
+
+    def download_settings(self, dataset: str) -> str:
+        for e in self.experiments.values():
+            if e.cfg["data"]["dataset"] == dataset:
+                data = {k: e.cfg["data"][k] for k in ("dataset", "download")}
+                return json.dumps({"data": data}, sort_keys=True)
+        raise ValueError(f"no experiment uses dataset {dataset}")
