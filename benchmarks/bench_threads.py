@@ -54,9 +54,12 @@ BUSY = "import time\nend = time.time() + float(__import__('sys').argv[1])\nwhile
 
 
 def run_cell(policy: str | None, competitor: str | None, steps: int) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")}
     if policy == PVDM_DEFAULT:
         env["BENCH_IMPORT_PVDM_FIRST"] = "1"
+    elif policy and "=" in policy:  # e.g. GOMP_SPINCOUNT=10000: spin that many times, then sleep
+        key, value = policy.split("=", 1)
+        env[key] = value
     elif policy:
         env["OMP_WAIT_POLICY"] = policy
     cfg = str(REPO / "config" / "config.yaml")
@@ -86,12 +89,15 @@ def cpu_model() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--policies", nargs="+", default=["unset", "PASSIVE", "GOMP_SPINCOUNT=10000",
+                                                      "GOMP_SPINCOUNT=100000", PVDM_DEFAULT],
+                   help="OMP_WAIT_POLICY values, KEY=VALUE environment settings, 'unset', or the pipeline's default")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "threads.md")
     args = p.parse_args()
     load = os.getloadavg()[0]
     rows = []
-    for policy in (None, "PASSIVE", PVDM_DEFAULT):
+    for policy in [None if p == "unset" else p for p in args.policies]:
         alone = run_cell(policy, None, args.steps)
         rows.append((policy, "none", alone, 1.0))
         for competitor in ("busy loop (1 thread)", "same job (2 threads)"):
@@ -102,11 +108,12 @@ def main() -> None:
         f"# Slow-down of a 2-thread training job beside a second process ({cpu_model()}, {os.cpu_count()} cores)",
         "",
         f"{time.strftime('%Y-%m-%d')}; load average before the run {load:.2f}; {args.steps} autoencoder training "
-        "steps of the embedded default's model (batch 2) after 2 warm-up steps; torch threads 2.",
+        "steps of the embedded default's model (batch 2) after 2 warm-up steps; torch threads 2. "
+        "GOMP_SPINCOUNT=K: threads spin K times, then sleep (GNU OpenMP's default is 300,000 spins, 0 under PASSIVE).",
         "Expected from sharing alone: about 1.5x beside a 1-thread busy loop (3 runnable threads on 2 cores), about 2x "
         "beside a second 2-thread job.",
         "",
-        "| OMP_WAIT_POLICY | second process | wall s | CPU s | slow-down |",
+        "| OpenMP setting | second process | wall s | CPU s | slow-down |",
         "|---|---|---|---|---|",
     ]
     for policy, competitor, r, ratio in rows:

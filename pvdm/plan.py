@@ -12,9 +12,10 @@ import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pvdm.diffusion.samplers import Sampler
+if TYPE_CHECKING:
+    from pvdm.diffusion.samplers import Sampler
 
 
 def shard_name(shard: int, shards: int) -> str:
@@ -104,6 +105,8 @@ class ExperimentPlan:
 
     @property
     def sampler(self) -> Sampler:
+        from pvdm.diffusion.samplers import Sampler  # torch: not at import, the Snakefile reads this module
+
         return Sampler.from_config(self.cfg["sampling"]["sampler"])
 
     @property

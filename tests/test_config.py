@@ -31,8 +31,10 @@ def test_defaults_filled():
     cfg = load_config(REPO / "config" / "config.yaml")
     name, exp = experiment(cfg, None)
     assert name == "mnist"
-    assert exp["data"]["resize_filter"] == "bilinear" and exp["data"]["fold"] == 1
-    assert exp["data"]["moving_mnist"]["speed"] == 3.6
+    # keys the file does not set come from the schema's defaults
+    assert exp["data"]["frame_stride"] == 1 and exp["data"]["fold"] == 1
+    assert exp["data"]["moving_mnist"]["speed"] == 3.6 and exp["data"]["moving_mnist"]["digits_per_class"] is None
+    assert exp["eval"]["rfvd"] is False and exp["diffusion"]["train"]["loss"] == "l2"
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

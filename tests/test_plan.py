@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -123,8 +124,13 @@ def test_schema_ships_inside_a_non_editable_install(tmp_path):
     here = [p for p in sys.path if p.endswith("site-packages")]
     (site / "deps.pth").write_text("\n".join(here) + "\n")  # torch & co. from this environment
     py = env_dir / "bin" / "python"
+    # Build from a copy: setuptools writes build/ and *.egg-info/ beside the sources it builds.
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "pvdm", src / "pvdm", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
     build = subprocess.run(
-        [str(py), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", str(REPO)],
+        [str(py), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", str(src)],
         capture_output=True, text=True, timeout=600,
     )
     assert build.returncode == 0, build.stderr[-3000:]

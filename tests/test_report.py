@@ -358,18 +358,24 @@ def test_sample_strip_layout_and_png(tmp_path):
         strip_image(videos.astype(np.float32))
 
 
+def _find(img: np.ndarray, part: np.ndarray) -> list[tuple[int, int]]:
+    """Top-left corners where ``part`` appears pixel for pixel in ``img``."""
+    h, w = part.shape[:2]
+    return [(y, x) for y, x in zip(*np.nonzero((img[: img.shape[0] - h + 1, : img.shape[1] - w + 1] == part[0, 0]).all(-1)),
+                                   strict=True)
+            if (img[y:y + h, x:x + w] == part).all()]
+
+
 def test_comparison_figure_stacks_labelled_strips(tmp_path):
     rng = np.random.default_rng(2)
     blocks = [(name, rng.integers(0, 256, (3, 8, 12, 12, 3), dtype=np.uint8)) for name in ("real", "rec", "gen")]
     png = _check_png(plot_comparison(blocks, tmp_path / "cmp.png", every=2, title="t"))
-    strips = [strip_image(v, 3, 2) for _, v in blocks]
-    found = []  # every strip appears pixel for pixel, top to bottom in the given order
-    for s in strips:
-        hits = [(y, x) for y in range(png.shape[0] - s.shape[0] + 1) for x in range(png.shape[1] - s.shape[1] + 1)
-                if (png[y, x] == s[0, 0]).all() and (png[y:y + s.shape[0], x:x + s.shape[1]] == s).all()]
-        assert len(hits) == 1
-        found.append(hits[0])
-    assert found[0][0] < found[1][0] < found[2][0] and len({x for _, x in found}) == 1
+    found = [_find(png, strip_image(v, 3, 2)) for _, v in blocks]
+    assert all(len(f) == 1 for f in found)  # every strip once, pixel for pixel
+    (y0, x0), (y1, x1), (y2, x2) = (f[0] for f in found)
+    assert y0 < y1 < y2 and x0 == x1 == x2  # top to bottom in the given order, aligned
+    big = _check_png(plot_comparison(blocks, tmp_path / "big.png", every=2, scale=3))
+    assert len(_find(big, strip_image(blocks[1][1], 3, 2).repeat(3, 0).repeat(3, 1))) == 1
     with pytest.raises(ValueError, match="at least one"):
         plot_comparison([], tmp_path / "none.png")
 

@@ -100,6 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--out", required=True, type=Path, help="PNG file to write")
     f.add_argument("--num-videos", type=int, default=3, help="rows per block: the first K clips")
     f.add_argument("--every", type=int, default=2, help="take every k-th frame")
+    f.add_argument("--scale", type=int, default=None,
+                   help="screen pixels per video pixel (default: enough for about 96-pixel frames)")
     f.add_argument("--title", default=None, help="figure title")
     f.set_defaults(func=run_compare)
 
@@ -199,7 +201,8 @@ def run_compare(args: argparse.Namespace) -> None:
     real, rec = next(reconstruct(model, ClipStore(args.real), args.num_videos, frames, args.num_videos))
     generated = np.asarray(ClipStore(args.generated).clips[: args.num_videos, :frames])
     blocks = [("real\n(held out)", real), ("reconstructed", rec), ("generated", generated)]
-    plot_comparison(blocks, args.out, args.every, title=args.title)
+    scale = args.scale or max(1, 96 // real.shape[2])
+    plot_comparison(blocks, args.out, args.every, title=args.title, scale=scale)
     log.info("wrote %s", args.out)
 
 

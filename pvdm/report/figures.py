@@ -183,12 +183,15 @@ def plot_sample_strip(videos: np.ndarray, out: str | os.PathLike, num_videos: in
 
 
 def plot_comparison(blocks: Sequence[tuple[str, np.ndarray]], out: str | os.PathLike, every: int = 2,
-                    max_frames: int | None = None, title: str | None = None) -> Path:
+                    max_frames: int | None = None, title: str | None = None, scale: int = 1) -> Path:
     """PNG of labelled strips one above the other (e.g. real, reconstructed, generated): each block is
-    ``(label, uint8 # n t h w c)``, drawn as ``strip_image`` at native pixel size with its label on the left."""
+    ``(label, uint8 # n t h w c)``, drawn as ``strip_image`` with each video pixel a ``scale`` x ``scale``
+    square (small clips stay readable), its label on the left."""
     if not blocks:
         raise ValueError("plot_comparison needs at least one (label, videos) block")
-    imgs = [strip_image(v, len(v), every, max_frames) for _, v in blocks]
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    imgs = [strip_image(v, len(v), every, max_frames).repeat(scale, axis=0).repeat(scale, axis=1) for _, v in blocks]
     width = max(i.shape[1] for i in imgs)
     label_w, gap, top = 1.1, 0.12, 0.3 if title else 0.0  # inches
     heights = [i.shape[0] / DPI for i in imgs]
