@@ -94,6 +94,23 @@ def test_q_sample_and_training_loss():
         training_loss(model, x0, loss_type="huber")
 
 
+def test_min_snr_weighting():
+    x0, noise = torch.rand(3, 4, 10) * 2 - 1, torch.randn(3, 4, 10)
+    t = torch.tensor([0, 500, 999])
+    zero = lambda x, tt, c: torch.zeros_like(x)  # noqa: E731
+    plain = training_loss(zero, x0, t, noise, reduction="none")
+    snr = torch.tensor([abar(i) / (1 - abar(i)) for i in t.tolist()])
+    assert snr[0] > 5 > snr[1] > snr[2]  # low noise is clipped, high noise keeps weight 1 (eps)
+    weighted = training_loss(zero, x0, t, noise, reduction="none", min_snr_gamma=5.0)
+    torch.testing.assert_close(weighted, plain * snr.clamp(max=5) / snr)
+    assert weighted[1:].tolist() == pytest.approx(plain[1:].tolist(), rel=1e-6)
+    v_plain = training_loss(zero, x0, t, noise, reduction="none", prediction="v")
+    v_weighted = training_loss(zero, x0, t, noise, reduction="none", prediction="v", min_snr_gamma=5.0)
+    torch.testing.assert_close(v_weighted, v_plain * snr.clamp(max=5) / (snr + 1))
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        training_loss(zero, x0, t, noise, min_snr_gamma=0.0)
+
+
 def test_v_prediction_target_and_inversion():
     x0 = torch.rand(3, 4, 10, dtype=torch.float64) * 2 - 1
     noise = torch.randn(3, 4, 10, dtype=torch.float64)

@@ -185,6 +185,31 @@ def test_planes_interact_through_joint_attention_only_in_the_right_layout():
     assert (out - base)[:, :, 48:].abs().max() > 1e-4
 
 
+def test_position_embedding_is_optional_wired_and_learned():
+    plain, embedded = tiny(), tiny(position_embedding=True)
+    extra = set(embedded.state_dict()) - set(plain.state_dict())
+    assert extra == {"pos_xy", "pos_tp"}  # off: exactly the original's keys
+    assert embedded.pos_xy.shape == (1, 32, 4, 4) and embedded.pos_tp.shape == (2, 32, 8, 4)
+    # With the embeddings zeroed the function is the plain model's (same other weights).
+    embedded.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        embedded.pos_xy.zero_()
+        embedded.pos_tp.zero_()
+    x, c, t = torch.randn(3, 4, 80), torch.randn(3, 4, 80), torch.tensor([1, 500, 999])
+    with torch.no_grad():
+        torch.testing.assert_close(embedded(x, t, c), plain(x, t, c))
+        # yt and xt get their own embedding: a yt-only offset changes the output, and batch rows
+        # stay independent (the [2B] stacking of yt | xt is matched row for row).
+        embedded.pos_tp[0].normal_()
+        moved = embedded(x, t, c)
+        assert (moved - plain(x, t, c)).abs().max() > 1e-3
+        single = torch.cat([embedded(x[i : i + 1], t[i : i + 1], c[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(moved, single, atol=1e-5, rtol=1e-4)
+    loss = training_loss(embedded, x, t, torch.randn(3, 4, 80), cond=c)
+    loss.backward()
+    assert embedded.pos_xy.grad.abs().sum() > 0 and embedded.pos_tp.grad.abs().sum() > 0
+
+
 def test_bad_shapes_raise_clear_errors():
     model = tiny()
     t = torch.zeros(2, dtype=torch.long)

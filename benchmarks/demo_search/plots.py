@@ -174,6 +174,12 @@ def main() -> None:
     if dm:
         plot_dm(dm, IMG / "dm_loss_fvd_vs_cpu.png")
         md += ["## Diffusion runs", "", dm_table(dm), ""]
+    dm2 = rows("dm2")
+    if dm2:
+        plot_dm(dm2, IMG / "dm2_loss_fvd_vs_cpu.png")
+        md += ["## Diffusion runs, second round (position embedding, Min-SNR, v-prediction)", "",
+               "Losses of runs with min_snr_gamma are weighted and not comparable with the others.", "",
+               dm_table(dm2), ""]
     rs = rows("resample")
     if rs:
         md += ["## Sampling again (one U-Net, other sampler settings)", "", resample_table(rs), ""]

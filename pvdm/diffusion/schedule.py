@@ -38,6 +38,7 @@ class NoiseSchedule:
         self.log_one_minus_alphas_cumprod = (1.0 - ac).log()
         self.sqrt_recip_alphas_cumprod = (1.0 / ac).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / ac - 1.0).sqrt()
+        self.snr = ac / (1.0 - ac)  # signal-to-noise ratio abar / (1 - abar)
         # Posterior q(x_{t-1} | x_t, x_0); its variance is 0 at t = 0, hence the clipped log.
         self.posterior_variance = self.betas * (1.0 - ac_prev) / (1.0 - ac)
         self.posterior_log_variance_clipped = self.posterior_variance.clamp(min=1e-20).log()
@@ -105,12 +106,15 @@ def training_loss(
     schedule: NoiseSchedule | None = None,
     reduction: str = "mean",
     prediction: str = "eps",
+    min_snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """||target - model(x_t, t, cond)||, t ~ U{0..T-1} per sample; the target is eps (the original) or
     v (``prediction="v"``, ``NoiseSchedule.v_target``).
 
     ``generator`` draws t and noise when they are not given (on x0's device). ``reduction="none"``
     returns the per-sample means ``[B]`` (the original: mean over (C, L), then over the batch).
+    ``min_snr_gamma``: weight each sample by min(SNR_t, gamma) / SNR_t for eps (/ (SNR_t + 1) for v), the
+    Min-SNR strategy (Hang et al. 2023); None = unweighted, the original.
     """
     schedule = schedule or NoiseSchedule()
     b = x0.shape[0]
@@ -134,6 +138,12 @@ def training_loss(
     else:
         raise ValueError(f"loss_type must be 'l2' or 'l1', got {loss_type!r}")
     loss = loss.flatten(1).mean(dim=1)  # b
+    if min_snr_gamma is not None:
+        if min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
+        snr = schedule.snr[t.detach().long().cpu()]  # b, float64
+        weight = snr.clamp(max=min_snr_gamma) / (snr if prediction == "eps" else snr + 1.0)
+        loss = loss * weight.to(device=loss.device, dtype=loss.dtype)
     if reduction == "none":
         return loss
     if reduction == "mean":

@@ -12,6 +12,11 @@ Differences from the original that do not change the function:
 - attention uses ``scaled_dot_product_attention`` without the original's recompute-in-backward
   checkpoint (memory is dominated by the weights at batch 1 anyway).
 - the plane sizes come from the config (the original hard-codes 32 and 16).
+
+One addition, off by default (the original's function and keys): ``position_embedding`` adds learned
+per-plane, per-position embeddings after the input convolution. Without them a token knows its plane
+and position only through zero padding, and the joint attention sees an unordered set; on the CPU demo
+they turn grid-like ghost copies into single digits (benchmarks/demo_search).
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ class UNetConfig:
     # What the output is: "eps" (the noise, the original PVDM) or "v" = sqrt(abar) eps - sqrt(1 - abar) x0.
     # The diffusion process reads it from the checkpoint's config to turn outputs into (eps, x0).
     prediction: str = "eps"
+    # Learned per-plane, per-position embeddings added after the input convolution. The original has
+    # none: its weights are shared by the three planes and its joint attention sees a set of tokens, so
+    # a token knows its plane and position only through zero padding. Off keeps the original's keys.
+    position_embedding: bool = False
 
     def __post_init__(self) -> None:
         # Lists from YAML/JSON become tuples so the config stays hashable and comparable.
@@ -315,6 +324,10 @@ class TriplaneUNet(nn.Module):
         in_ch = cfg.in_channels * (2 if cfg.cond else 1)
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_ch, mc, 3, padding=1))])
         self.input_attns = nn.ModuleList([nn.Identity()])
+        if cfg.position_embedding:
+            s, t = cfg.latent_side, cfg.latent_frames
+            self.pos_xy = nn.Parameter(torch.randn(1, mc, s, s) * mc**-0.5)  # 1 c s s
+            self.pos_tp = nn.Parameter(torch.randn(2, mc, t, s) * mc**-0.5)  # (yt, xt) c t s
         skip_chans, ch, ds = [mc], mc, 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
@@ -407,8 +420,12 @@ class TriplaneUNet(nn.Module):
         xy, tp = self._split(h, self.cfg.latent_side, self.cfg.latent_frames)
 
         skips = []
-        for block, attn in zip(self.input_blocks, self.input_attns, strict=True):
-            xy, tp = self._joint_attention(attn, block(xy, emb), block(tp, emb2))
+        for i, (block, attn) in enumerate(zip(self.input_blocks, self.input_attns, strict=True)):
+            xy, tp = block(xy, emb), block(tp, emb2)
+            if i == 0 and self.cfg.position_embedding:
+                xy = xy + self.pos_xy.to(xy.dtype)
+                tp = tp + self.pos_tp.to(tp.dtype).repeat_interleave(b, dim=0)  # rows: b x yt, then b x xt
+            xy, tp = self._joint_attention(attn, xy, tp)
             skips.append((xy, tp))
         xy, tp = self._joint_attention(self.mid_attn, self.middle_block(xy, emb), self.middle_block(tp, emb2))
         for block, attn in zip(self.output_blocks, self.output_attns, strict=True):

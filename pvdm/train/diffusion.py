@@ -171,7 +171,8 @@ def train_diffusion(
             noise = torch.randn((batch, *z.shape[1:]), generator=noise_gen)[local].to(run.device)
             with run.autocast(tcfg["amp"]):
                 loss = training_loss(ddp_model, z, t=tt, noise=noise, cond=c, loss_type=tcfg["loss"],
-                                     schedule=schedule, prediction=cfg.prediction)
+                                     schedule=schedule, prediction=cfg.prediction,
+                                     min_snr_gamma=tcfg["min_snr_gamma"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tcfg["grad_clip"]:

@@ -3,6 +3,11 @@
 # stop slurmd, slurmctld and munged by their pid files (SIGTERM, bounded wait, then SIGKILL).
 # Only processes named in those pid files are signalled. Safe to run when nothing is running.
 #   SLURM_DOWN_KEEP_MUNGE=1   leave munged running (used by slurm-up.sh on a config change)
+#   SLURM_DOWN_KEEP_CONF=1    leave /etc/slurm/slurm.conf in place (used by slurm-up.sh likewise)
+# Our own slurm.conf is then parked (renamed slurm.conf.pvdm-ci-stopped): with a controller that no
+# longer runs, every Slurm client call waits MessageTimeout (~9 s) for it, and Snakemake's Slurm
+# plugin runs `scontrol show config` at every start, on every executor. Without a config the call
+# fails at once. A slurm.conf not written by slurm-up.sh is never touched.
 #   SLURM_DOWN_WAIT=15        seconds to wait for each daemon / for running jobs to end
 set -uo pipefail
 
@@ -64,6 +69,11 @@ fi
 stop "$SLURMD_PID" slurmd
 stop "$CTLD_PID" slurmctld
 [ "${SLURM_DOWN_KEEP_MUNGE:-0}" = 1 ] || stop "$MUNGE_PID" munged
+
+CONF=/etc/slurm/slurm.conf
+if [ "${SLURM_DOWN_KEEP_CONF:-0}" != 1 ] && [ $rc = 0 ] && head -n1 "$CONF" 2>/dev/null | grep -q '^# Written by tests/cluster/slurm-up.sh'; then
+    mv -f "$CONF" "$CONF.pvdm-ci-stopped" && say "parked $CONF as $CONF.pvdm-ci-stopped (slurm-up.sh writes it again)"
+fi
 
 # Report (never kill by name) job-step daemons that survived, e.g. after a SIGKILLed slurmd.
 left=$(for d in /proc/[0-9]*; do [ "$(cat "$d/comm" 2>/dev/null)" = slurmstepd ] && echo "${d#/proc/}"; done | tr '\n' ' ')

@@ -172,7 +172,7 @@ if [ "$gres_conf" != "$(grep -v '^#' "$CONF_DIR/gres.conf" 2>/dev/null)" ]; then
 fi
 if [ $changed = 1 ] && { alive "$CTLD_PID" slurmctld || alive "$SLURMD_PID" slurmd; }; then
     say "configuration changed: restarting the Slurm daemons"
-    SLURM_DOWN_KEEP_MUNGE=1 bash "$HERE/slurm-down.sh" || die "could not stop the running daemons"
+    SLURM_DOWN_KEEP_MUNGE=1 SLURM_DOWN_KEEP_CONF=1 bash "$HERE/slurm-down.sh" || die "could not stop the running daemons"
 fi
 
 # ---- 3. munge ---------------------------------------------------------------------------------
