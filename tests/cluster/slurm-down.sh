@@ -4,11 +4,11 @@
 # Only processes named in those pid files are signalled. Safe to run when nothing is running.
 #   SLURM_DOWN_KEEP_MUNGE=1   leave munged running (used by slurm-up.sh on a config change)
 #   SLURM_DOWN_KEEP_CONF=1    leave /etc/slurm/slurm.conf in place (used by slurm-up.sh likewise)
-# Our own slurm.conf is then parked (renamed slurm.conf.pvdm-ci-stopped): with a controller that no
+#   SLURM_DOWN_WAIT=15        seconds to wait for each daemon / for running jobs to end
+# Otherwise our own slurm.conf is parked (renamed slurm.conf.pvdm-ci-stopped): with a controller that no
 # longer runs, every Slurm client call waits MessageTimeout (~9 s) for it, and Snakemake's Slurm
 # plugin runs `scontrol show config` at every start, on every executor. Without a config the call
 # fails at once. A slurm.conf not written by slurm-up.sh is never touched.
-#   SLURM_DOWN_WAIT=15        seconds to wait for each daemon / for running jobs to end
 set -uo pipefail
 
 WAIT_S="${SLURM_DOWN_WAIT:-15}"
