@@ -141,9 +141,8 @@ def training_loss(
     if min_snr_gamma is not None:
         if min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
-        snr = schedule.snr[t.detach().long().cpu()]  # b, float64
-        weight = snr.clamp(max=min_snr_gamma) / (snr if prediction == "eps" else snr + 1.0)
-        loss = loss * weight.to(device=loss.device, dtype=loss.dtype)
+        snr = schedule.extract(schedule.snr, t, loss)  # b
+        loss = loss * snr.clamp(max=min_snr_gamma) / (snr if prediction == "eps" else snr + 1.0)
     if reduction == "none":
         return loss
     if reduction == "mean":
