@@ -141,8 +141,8 @@ def training_loss(
     if min_snr_gamma is not None:
         if min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
-        snr = schedule.extract(schedule.snr, t, loss)  # b
-        loss = loss * snr.clamp(max=min_snr_gamma) / (snr if prediction == "eps" else snr + 1.0)
+        snr = schedule.extract(schedule.snr, t, loss.double())  # b; the weight in float64, then cast
+        loss = loss * (snr.clamp(max=min_snr_gamma) / (snr if prediction == "eps" else snr + 1.0)).to(loss.dtype)
     if reduction == "none":
         return loss
     if reduction == "mean":
