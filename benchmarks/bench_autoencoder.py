@@ -6,7 +6,7 @@ Each case runs in a fresh subprocess, so ru_maxrss is that case's own peak resid
     python benchmarks/bench_autoencoder.py --cases default paper   # paper without checkpointing: > 10 GB
     python benchmarks/bench_autoencoder.py --threads 2 --repeats 2 --out bench.json
 
-Reference (design/original-pvdm.md section 7, 2 threads): the original's paper-scale fp32
+Reference (docs/original-pvdm.md#cpu-measurements, 2 threads): the original's paper-scale fp32
 forward + backward did not fit in 23 GB (OOM-killed at 24.3 GB); its forward alone took 21-32 s.
 Timings on a shared machine vary; the load average printed with each case shows contention.
 Peak RSS includes freed memory that glibc keeps for reuse; MALLOC_MMAP_THRESHOLD_=1048576 in the

@@ -1,7 +1,7 @@
 """I3D feature-extraction throughput and Fréchet-distance time.
 
-Targets: >= 1.3 videos/s for 16x224x224 on CPU with 2 threads (the JAX reference's speed, design/evaluation.md
-section 2.4) and < 1 s for the Fréchet distance of 400-d statistics.
+Targets: >= 1.3 videos/s for 16x224x224 on CPU with 2 threads (the JAX reference's speed,
+docs/evaluation.md#i3d-reference-outputs) and < 1 s for the Fréchet distance of 400-d statistics.
 
     python benchmarks/bench_i3d.py                   # CPU, 2 threads
     python benchmarks/bench_i3d.py --device cuda     # GPU, with compute_features' automatic batch size

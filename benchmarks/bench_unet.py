@@ -2,7 +2,8 @@
 
 Each variant runs in its own subprocess (so ru_maxrss is its own peak) with ``--threads`` torch
 threads: build the model (seed 0), one warm-up step, then ``--repeats`` timed steps of the epsilon
-loss on z, c ~ U(-1, 1) ``[1, 4, 2048]`` with a random t, as the design doc's section 7 measured.
+loss on z, c ~ U(-1, 1) ``[1, 4, 2048]`` with a random t, as the reference measurement did
+(docs/original-pvdm.md#cpu-measurements).
 
 Variants:
   ours            TriplaneUNet as shipped (yt|xt batched, sdpa attention, no recompute).
@@ -10,8 +11,9 @@ Variants:
                   separately, einsum attention (ADM legacy) under activation checkpointing.
                   A same-machine, same-torch stand-in for the original code.
 
-Reference (design doc section 7, original code, 2-vCPU Xeon, torch 2.13 CPU wheel): 14.4-15.0 s,
-5.25 GB peak RSS (2.25 GB before the forward). Target: <= 0.7x that time, no more memory.
+Reference (our measurement of the original code, docs/original-pvdm.md#cpu-measurements; 2-vCPU Xeon,
+torch 2.13 CPU wheel): 14.4-15.0 s, 5.25 GB peak RSS (2.25 GB before the forward). Target: <= 0.7x
+that time, no more memory.
 
     .venv/bin/python benchmarks/bench_unet.py [--threads 2] [--repeats 2] [--variants ours original-style]
 """
@@ -184,7 +186,7 @@ def main() -> None:
           + (f", MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}" if args.malloc_mmap_threshold else "") + "\n")
     print("| variant | fwd s | fwd+bwd s | x ref time | peak RSS GB | RSS import GB | RSS built GB | peak - built GB |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| original code (design doc section 7) | 2.4-2.6 | {REF_TIME_S:.1f} | 1.00 | {REF_PEAK_GB:.2f} | "
+    print(f"| original code (docs/original-pvdm.md#cpu-measurements) | 2.4-2.6 | {REF_TIME_S:.1f} | 1.00 | {REF_PEAK_GB:.2f} | "
           f"~{REF_BEFORE_FWD_GB - 2.113:.2f} | {REF_BEFORE_FWD_GB:.2f} | {REF_PEAK_GB - REF_BEFORE_FWD_GB:.2f} |")
     for r in rows:
         print(f"| {r['variant']} | {r['fwd_s']:.2f} | {r['fwd_bwd_s']:.2f} | {r['fwd_bwd_s'] / REF_TIME_S:.2f} | "

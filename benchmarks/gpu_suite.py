@@ -113,7 +113,7 @@ from pvdm.models.unet import TriplaneUNet, UNetConfig  # noqa: E402
 
 SCHEMA = "pvdm-throughput/1"
 PAPER_SAMPLER = {"steps": 400, "eta": 1.0}
-# Paper (CVPR 2023), single RTX 3090 Ti, one 16x256x256 clip (design/original-pvdm.md section 9).
+# Paper (CVPR 2023), single RTX 3090 Ti, one 16x256x256 clip (docs/original-pvdm.md#paper-numbers).
 PAPER_SAMPLING_S_PER_CLIP, PAPER_SAMPLING_GB = 20.4, 5.22
 UCF101_TRAIN_VIDEOS_FOLD1 = 9537  # trainlist01.txt; the latent cache size needs it (no data here)
 AUTHOR_UNET_GPU_HOURS = 8 * 24 * 8  # PVDM issue #29: UCF-101 U-Net, 8 days on 8 A100
@@ -1053,7 +1053,7 @@ class Suite:
         return {"rows": rows, "unet_config": ucfg.to_dict(), "steps": steps_full, "eta": PAPER_SAMPLER["eta"],
                 "decode": "ae.decode in bf16 autocast + uint8 quantisation + copy to host",
                 "paper_reference": {"s_per_clip": PAPER_SAMPLING_S_PER_CLIP, "memory_gb": PAPER_SAMPLING_GB,
-                                    "gpu": "RTX 3090 Ti (paper, design doc section 9)"},
+                                    "gpu": "RTX 3090 Ti (paper, docs/original-pvdm.md#paper-numbers)"},
                 "weights": "random (speed does not depend on the weights)"}
 
     # ===================================================================================================

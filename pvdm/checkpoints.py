@@ -123,9 +123,20 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
     model.load_state_dict(state, strict=True)
 
 
+def check_finite(state: Mapping[str, torch.Tensor], path: str | os.PathLike, verb: str = "holds") -> None:
+    """A model with NaN or infinite weights makes black videos and meaningless metrics without an
+    error: every reader and writer of a checkpoint refuses one, naming the file."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise CheckpointError(f"{path}: {verb} non-finite weights (NaN or inf) in {len(bad)} of {len(state)} tensors: "
+                              f"{', '.join(bad[:3])}{more}; the model diverged or the file is corrupt")
+
+
 def save_project_checkpoint(path: str | os.PathLike, kind: str, model: nn.Module, config: dict[str, Any],
                             extra: dict[str, Any] | None = None) -> None:
-    """Write ``{"format_version", "kind", "config", "model", **extra}`` atomically."""
+    """Write ``{"format_version", "kind", "config", "model", **extra}`` atomically (finite weights only)."""
+    check_finite(model.state_dict(), path, "would hold")
     obj: dict[str, Any] = {"format_version": FORMAT_VERSION, "kind": kind, "config": dict(config)}
     obj.update(extra or {})
     obj["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -147,6 +158,7 @@ def _build(model_cls: type[nn.Module], cfg_cls: type, kind: str, state: dict[str
                 raise CheckpointError(f"{path}: bad {kind} config: {e}") from e
         else:
             cfg = infer(state, path)
+    check_finite(state, path)
     model = model_cls(cfg)
     load_state_dict_strict(model, state, path)
     return model.to(map_location).eval()

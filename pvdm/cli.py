@@ -6,10 +6,10 @@ import argparse
 import errno
 import logging
 import os
-import shlex
 import sys
 
 import pvdm
+from pvdm.cli_options import positive_int
 from pvdm.config import ConfigError
 from pvdm.data import commands as data_commands
 from pvdm.eval import commands as eval_commands
@@ -32,11 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
         "--nproc",
-        type=int,
+        type=positive_int,
         default=1,
-        help="processes for a training command: above 1, the command runs under `torchrun --standalone` "
-        "with one process per GPU (or per CPU process over gloo without GPUs); the global batch stays "
-        "the config's (default %(default)s)",
+        help="processes for a training command: above 1, one process per GPU (or per CPU share over gloo "
+        "without GPUs), started by pvdm's launcher with torchrun's environment; the global batch stays the "
+        "config's (default %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads of the command (split between --nproc processes). On CPU the numbers depend on it "
+        "(the order of reductions), so the Snakemake rules pass the config's resources.<stage> value, never "
+        "what --cores leaves a job; default: OMP_NUM_THREADS, else every core",
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     data_commands.register(sub)
@@ -51,47 +58,37 @@ def build_parser() -> argparse.ArgumentParser:
 MULTI_PROCESS_COMMANDS = ("train-autoencoder", "finetune-gan", "train-diffusion")
 
 
-def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
-    """The same pvdm command under torchrun (single node, a free rendezvous port)."""
-    rest, skip = [], False
-    for token in argv:
-        if skip or token.startswith("--nproc="):
-            skip = False
-            continue
-        skip = token == "--nproc"
-        if not skip:
-            rest.append(token)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-            "--nproc-per-node", str(nproc), "-m", "pvdm.cli", *rest]
+def set_threads(threads: int) -> None:
+    """Fix the CPU threads of this process (and of anything it starts)."""
+    import torch
 
-
-def launch_torchrun(nproc: int, argv: list[str]) -> None:
-    """Replace this process by torchrun running the command in ``nproc`` processes. The CPU threads
-    given to the job (OMP_NUM_THREADS, set by Snakemake) are split between the processes."""
-    cmd = torchrun_command(nproc, argv)
-    threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
-    os.environ["OMP_NUM_THREADS"] = str(max(1, threads // nproc))
-    log.info("launching %d processes: %s", nproc, shlex.join(cmd))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(cmd[0], cmd)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+    worker = "RANK" in os.environ  # a process of a multi-process run (pvdm's launcher or torchrun)
+    if args.nproc > 1 and not worker:
         if args.command not in MULTI_PROCESS_COMMANDS:
             print(f"pvdm {args.command}: error: --nproc {args.nproc}: only {', '.join(MULTI_PROCESS_COMMANDS)} "
                   "run in several processes", file=sys.stderr)
             return 2
-        launch_torchrun(args.nproc, argv)
+        from pvdm.train.launch import launch
+
+        return launch(args.nproc, argv, args.command, args.verbose, getattr(args, "threads", None))
+    # Only rank 0 speaks for a multi-process run: the others would print the same line again.
+    speaks = os.environ.get("RANK", "0") == "0" or args.verbose
+    if getattr(args, "threads", None):
+        set_threads(args.threads)
     try:
         args.func(args)
     except Interrupted as e:
         # SIGTERM (Slurm preemption, time limit) or Ctrl-C during training: state saved, resumable.
-        print(f"pvdm {args.command}: {e}", file=sys.stderr)
+        if speaks:
+            print(f"pvdm {args.command}: {e}", file=sys.stderr)
         return RESUMABLE_EXIT_CODE
     except KeyboardInterrupt:
         if args.verbose:
@@ -103,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         # User errors and a full disk: one clear message, no traceback (use -v to see it).
         if args.verbose:
             raise
-        print(f"pvdm {args.command}: error: {e}", file=sys.stderr)
+        if speaks:
+            print(f"pvdm {args.command}: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, DiskFullError) else 2
     except OSError as e:
         if args.verbose or e.errno != errno.ENOSPC:

@@ -9,6 +9,18 @@ from typing import Any
 
 from pvdm.config import experiment, experiment_from_json, load_config
 
+
+def positive_int(text: str) -> int:
+    """argparse type of a count: a whole number >= 1, or a one-line usage error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
 # name -> (flag, argparse keywords); ``add_options(p, name=help)`` adds them with that help text.
 SHARED: dict[str, tuple[str, dict[str, Any]]] = {
     "data": ("--data", dict(required=True, type=Path)),

@@ -116,11 +116,27 @@ def load_config(paths: str | Path | Sequence[str | Path], overrides: Sequence[st
         merged = OmegaConf.merge(merged, OmegaConf.load(p))
     if overrides:
         for item in overrides:
-            if "=" not in item:
+            if "=" not in item or not item.split("=", 1)[0].strip():
                 raise ConfigError(f"override {item!r} is not of the form key.path=value")
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-    cfg = OmegaConf.to_container(merged, resolve=True)
-    return validate(cfg, config_source(paths, overrides))  # type: ignore[arg-type]
+        for item in overrides:  # one at a time, so that an error names the override
+            try:
+                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            except Exception as e:
+                raise ConfigError(f"override {item!r}: {_one_line(e)}") from None
+    return validate(resolve(merged, config_source(paths)), config_source(paths, overrides))
+
+
+def _one_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def resolve(cfg: Any, source: str = "config") -> dict[str, Any]:
+    """Plain dicts with every ``${...}`` interpolation resolved (pvdm and the Snakefile both validate
+    the resolved values); a broken interpolation is a ConfigError naming it."""
+    try:
+        return OmegaConf.to_container(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg, resolve=True)
+    except Exception as e:
+        raise ConfigError(f"{source}: cannot resolve an interpolation: {_one_line(e)}") from None
 
 
 def experiment(cfg: dict[str, Any], name: str | None) -> tuple[str, dict[str, Any]]:

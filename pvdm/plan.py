@@ -59,7 +59,7 @@ class Layout:
 
 TABLE_FILES = tuple(f"{Layout.table}.{ext}" for ext in ("md", "csv", "tex", "json"))
 FIGURES = ("autoencoder", "diffusion", "samples", "compare")
-# Stages whose jobs may run several processes (torchrun, one per GPU); the others use one device
+# Stages whose jobs may run several processes (DDP, one per GPU); the others use one device
 # each and spread over devices by jobs (sampling shards).
 MULTI_PROCESS_STAGES = ("train_autoencoder", "finetune_gan", "train_diffusion")
 SAMPLE_KINDS = ("model", "untrained")  # the trained U-Net, and its initialisation as a baseline
@@ -259,7 +259,7 @@ class ExperimentPlan:
 
     def job(self, stage: str) -> dict[str, int]:
         """Snakemake resources of a stage's jobs (resources.<stage> of the config): gpu, cpus_per_gpu,
-        mem_mb, runtime, threads, and nproc (processes per job: torchrun when above 1)."""
+        mem_mb, runtime, threads, and nproc (processes per job: DDP when above 1)."""
         r = self.cfg["resources"][stage]
         multi = stage in MULTI_PROCESS_STAGES
         if not multi and (r["gpus"] > 1 or r["processes"] > 1):
@@ -275,6 +275,14 @@ class ExperimentPlan:
         threads = r["cpus_per_gpu"] * r["gpus"] if r["gpus"] else r["cpus"]
         return {"gpu": r["gpus"], "cpus_per_gpu": r["cpus_per_gpu"], "mem_mb": r["mem_mb"], "runtime": r["runtime"],
                 "threads": threads, "nproc": nproc}
+
+    def numerics(self, stage: str) -> str:
+        """What changes a job's numbers besides its settings and inputs: the device kind, the process
+        count and, on CPU, the thread count (resources.<stage>), as JSON. A rule param, so changing it
+        reruns the job; the job's identity (state.pt, sample cards) records what it ran with."""
+        j = self.job(stage)
+        return json.dumps({"device": "cuda" if j["gpu"] else "cpu", "processes": j["nproc"],
+                           "threads": None if j["gpu"] else j["threads"]}, sort_keys=True)
 
     def shards(self, frames: int) -> list[str]:
         """Names of the sampling jobs of a sample set (resources.sample.shards, at most one per video)."""
@@ -355,8 +363,12 @@ class Plan:
     # Snakemake adapters: callables of a job's wildcards, for a rule's `threads:` and `resources:`.
 
     def resources(self, stage: str) -> dict[str, Any]:
-        return {key: (lambda w, key=key: self[w.exp].job(stage)[key])
-                for key in ("gpu", "cpus_per_gpu", "mem_mb", "runtime", "nproc")}
+        """``cpu_threads`` is the job's thread count from the config, which the rule passes to
+        ``pvdm --threads``: Snakemake's ``{threads}`` shrinks to ``--cores``, and on CPU the
+        numbers would follow it."""
+        keys = {"gpu": "gpu", "cpus_per_gpu": "cpus_per_gpu", "mem_mb": "mem_mb", "runtime": "runtime",
+                "nproc": "nproc", "cpu_threads": "threads"}
+        return {name: (lambda w, key=key: self[w.exp].job(stage)[key]) for name, key in keys.items()}
 
     def threads(self, stage: str) -> Any:
         return lambda w: self[w.exp].job(stage)["threads"]

@@ -23,11 +23,11 @@ from pvdm.data.loader import to_uint8
 from pvdm.data.store import ClipStore, ClipStoreWriter
 from pvdm.diffusion.samplers import Sampler, sample_long
 from pvdm.plan import shard_name
-from pvdm.utils.device import autocast, default_device
+from pvdm.utils.device import autocast, numerics, resolve_device
 from pvdm.utils.io import FolderLock, atomic_path, atomic_save_npy, atomic_write_json, read_json, sha256_file
 from pvdm.utils.media import write_grid
 from pvdm.utils.progress import Progress
-from pvdm.utils.seeding import sample_seed
+from pvdm.utils.seeding import SAMPLE_SEED_FORMULA, sample_seed
 
 log = logging.getLogger("pvdm.sample")
 
@@ -58,7 +58,9 @@ def sample_shard(
     """Videos ``shard_range(num_videos, shard, shards)`` of a sample set, as one uint8 array
     ``# n f h w c`` in ``out/shards/<shard>.npy`` beside its card ``<shard>.json``. Returns the .npy path."""
     out = Path(out)
-    dev = torch.device(device) if device else default_device()
+    if num_videos < 1:
+        raise ValueError(f"num_videos = {num_videos}: a sample set needs at least one video")
+    dev = resolve_device(device)
     ae = load_autoencoder(autoencoder, map_location=dev).eval()
     unet = load_diffusion(diffusion, map_location=dev).eval()
     t = ae.cfg.frames
@@ -78,12 +80,13 @@ def sample_shard(
         "weights": weights,
         "ema": {"ema": True, "raw": False}.get(weights or ""),
         "seed": seed,
-        "per_sample_seed": "seed * 1000003 + index",
+        "per_sample_seed": SAMPLE_SEED_FORMULA,
         "autoencoder": str(autoencoder),
         "autoencoder_sha256": sha256_file(autoencoder),
         "diffusion": str(diffusion),
         "diffusion_sha256": sha256_file(diffusion),
         "amp": amp,
+        "numerics": numerics(dev),
     }
     name = shard_name(shard, shards)
     # Shards of one set run as parallel jobs in one folder: each shard has its own lock.
@@ -105,13 +108,16 @@ def sample_shard(
             path = parts / f"{b0:07d}_{b1:07d}.npy"
             if not path.exists():
                 gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(b0, b1)]
-                with torch.no_grad(), autocast(dev, amp):
+                with torch.no_grad(), autocast(dev, amp):  # the U-Net only: latents are decoded in float32
                     z = sample_long(unet, n_clips, (b1 - b0, *shape_one), sampler, generators=gens, device=dev,
                                     prediction=unet.cfg.prediction)  # n b c l
                     if not torch.isfinite(z).all():
                         raise FloatingPointError(f"{diffusion}: sampling gave non-finite latents (a diverged or "
                                                  "corrupt checkpoint?); no videos written")
+                with torch.no_grad():
                     videos = torch.cat([ae.decode(z[k].float()) for k in range(n_clips)], dim=2)  # b c (n t) h w
+                if not torch.isfinite(videos).all():
+                    raise FloatingPointError(f"{autoencoder}: decoding gave non-finite videos; no videos written")
                 atomic_save_npy(path, to_uint8(videos))
             bar.update(b1 - b0)
     # The shard's videos in one file, filled batch by batch (long videos can exceed RAM).

@@ -5,7 +5,9 @@ command, and compare every final artifact with an uninterrupted run of the same 
     pytest tests/test_kill_matrix.py                                                   # the CI subset
 
 One campaign per call: an uninterrupted run of the DAG in one folder (the reference, and each stage's
-duration), then in a second folder a sequence of trials. A trial starts `snakemake` (the documented
+duration), then in a second folder a sequence of trials, then the same folder with changed settings
+(fewer training videos, another stage-1 learning rate): its rerun is killed in every stage too and
+must end equal to an uninterrupted run of the changed settings in a third folder. A trial starts `snakemake` (the documented
 command; the workflow profile sets rerun-incomplete), waits for the job of its stage, SIGKILLs that
 job's process after a seeded fraction of the stage's reference duration, lets Snakemake fail, and checks
 that every file under results/ loads. Snakemake itself is killed once, mid-job: the rerun must refuse
@@ -43,6 +45,17 @@ STAGES = {
     "sample": "sample",
     "eval_fvd": "fvd",
 }
+
+
+def changed_config(cfg_path: Path, path: Path) -> Path:
+    """The matrix config with settings changed that every stage reads: fewer training videos (new
+    clip stores) and another stage-1 learning rate. A rerun must recompute every stage from them."""
+    cfg = yaml.safe_load(cfg_path.read_text())
+    exp = cfg["experiments"]["tiny"]
+    exp["data"]["moving_mnist"]["num_train"] -= 2
+    exp["autoencoder"]["stage1"]["lr"] *= 0.5
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 def matrix_config(path: Path, stages: list[str]) -> Path:
@@ -196,7 +209,7 @@ def _values(d: Any) -> Any:
 
 
 def run_campaign(root: Path, kills: int, stages: list[str], seed: int, target: str | None = None,
-                 kill_snakemake: bool = True, say: Any = print) -> dict[str, Any]:
+                 kill_snakemake: bool = True, say: Any = print, changed_kills: int = 1) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     cfg = matrix_config(root / "matrix.yaml", stages)
     extra = [target] if target else []
@@ -228,47 +241,83 @@ def run_campaign(root: Path, kills: int, stages: list[str], seed: int, target: s
         if rule == sm_rule:
             trials.append(kill_snakemake_trial(work, cfg, extra, rule, say))
             sm_rule = None
-        delay = fraction * durations[rule]
-        # --until: a kill that comes too late finishes this stage only, not the rest of the DAG
-        proc = subprocess.Popen(snakemake(work, cfg, *extra, "--until", rule), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=ENV)
-        pids = wait_until(lambda rule=rule: job_pids(work, STAGES[rule]), proc)
-        killed = False
-        if pids:
-            time.sleep(delay)
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    killed = True
-                except ProcessLookupError:
-                    pass
-        out, _ = proc.communicate(timeout=1200)
-        bad = unloadable_files(work / "results")
-        trial = {"stage": rule, "delay_s": round(delay, 2), "killed": killed, "snakemake_rc": proc.returncode,
-                 "unloadable": bad}
-        if not killed:
-            trial["note"] = "the job had finished before the kill" if pids else "the stage was already done"
-        trials.append(trial)
-        say(f"trial {i + 1}/{len(plan)}: {rule} after {delay:.2f} s: "
-            f"{'killed' if killed else trial['note']}; unloadable files: {len(bad)}")
+        trials.append(kill_trial(work, cfg, extra, rule, fraction * durations[rule], say,
+                                 f"trial {i + 1}/{len(plan)}"))
     t1 = time.monotonic()
     final = subprocess.run(snakemake(work, cfg, *extra), capture_output=True, text=True, env=ENV)
     final_s = time.monotonic() - t1
     if final.returncode != 0:
         raise RuntimeError(f"the final rerun failed:\n{final.stdout[-3000:]}\n{final.stderr[-3000:]}")
     compared, mismatches = compare_runs(ref / "results", work / "results")
+    changed = changed_setting_trials(root, work, cfg, extra, stages, changed_kills, rng, durations, say)
+    trials += changed.pop("trials")
     result = {
         "seed": seed, "kills_per_stage": kills, "stages": stages, "target": target or "all",
         "reference_run_s": round(reference_s, 1), "campaign_s": round(time.monotonic() - t0, 1),
-        "kills_tried": len(plan), "kills_landed": sum(t.get("killed", False) for t in trials if "stage" in t),
+        "kills_tried": len(plan),
+        "kills_landed": sum(t.get("killed", False) for t in trials if "stage" in t and "after_changed_setting" not in t),
         "snakemake_kill": next((t for t in trials if "snakemake_killed_during" in t), None),
-        "kills_landed_per_stage": {r: sum(t.get("killed", False) for t in trials if t.get("stage") == r)
+        "kills_landed_per_stage": {r: sum(t.get("killed", False) for t in trials
+                                          if t.get("stage") == r and "after_changed_setting" not in t)
                                    for r in stages},
         "unloadable_after_any_kill": sum(len(t.get("unloadable", [])) for t in trials),
         "final_rerun_s": round(final_s, 1),
-        "artifacts_compared": compared, "mismatches": mismatches, "trials": trials,
+        "artifacts_compared": compared, "mismatches": mismatches, "changed_setting": changed, "trials": trials,
     }
     return result
+
+
+def kill_trial(work: Path, cfg: Path, extra: list[str], rule: str, delay: float, say: Any, label: str
+               ) -> dict[str, Any]:
+    """Start Snakemake up to ``rule``, SIGKILL that rule's job ``delay`` seconds after it appears, let
+    Snakemake fail, and list the files under results/ that no longer load."""
+    # --until: a kill that comes too late finishes this stage only, not the rest of the DAG
+    proc = subprocess.Popen(snakemake(work, cfg, *extra, "--until", rule), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=ENV)
+    pids = wait_until(lambda: job_pids(work, STAGES[rule]), proc)
+    killed = False
+    if pids:
+        time.sleep(delay)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+            except ProcessLookupError:
+                pass
+    proc.communicate(timeout=1200)
+    bad = unloadable_files(work / "results")
+    trial = {"stage": rule, "delay_s": round(delay, 2), "killed": killed, "snakemake_rc": proc.returncode,
+             "unloadable": bad}
+    if not killed:
+        trial["note"] = "the job had finished before the kill" if pids else "the stage was already done"
+    say(f"{label}: {rule} after {delay:.2f} s: {'killed' if killed else trial['note']}; "
+        f"unloadable files: {len(bad)}")
+    return trial
+
+
+def changed_setting_trials(root: Path, work: Path, cfg: Path, extra: list[str], stages: list[str], kills: int,
+                           rng: random.Random, durations: dict[str, float], say: Any) -> dict[str, Any]:
+    """A finished run whose settings then change (``changed_config``): the rerun is killed in each
+    stage ``kills`` times, then run to the end. Every artifact must equal an uninterrupted run of the
+    changed config: nothing of the old run may be resumed or kept."""
+    new_cfg = changed_config(cfg, root / "matrix_changed.yaml")
+    ref = root / "reference_changed"
+    ref.mkdir(exist_ok=True)
+    straight = subprocess.run(snakemake(ref, new_cfg, *extra), capture_output=True, text=True, env=ENV)
+    if straight.returncode != 0:
+        raise RuntimeError(f"the uninterrupted run of the changed config failed:\n{straight.stderr[-3000:]}")
+    trials = [kill_trial(work, new_cfg, extra, rule, rng.uniform(0.05, 0.6) * durations[rule], say,
+                         f"changed setting, kill {k + 1}/{kills}")
+              for rule in stages for k in range(kills)]
+    final = subprocess.run(snakemake(work, new_cfg, *extra), capture_output=True, text=True, env=ENV)
+    if final.returncode != 0:
+        raise RuntimeError(f"the final rerun of the changed config failed:\n{final.stdout[-3000:]}")
+    compared, mismatches = compare_runs(ref / "results", work / "results")
+    for t in trials:
+        t["after_changed_setting"] = True
+    return {"changed": "data.moving_mnist.num_train - 2, autoencoder.stage1.lr x 0.5",
+            "kills_landed": sum(t["killed"] for t in trials), "artifacts_compared": compared,
+            "mismatches": mismatches, "trials": trials}
 
 
 def kill_snakemake_trial(work: Path, cfg: Path, extra: list[str], rule: str, say: Any) -> dict[str, Any]:
@@ -305,6 +354,7 @@ def kill_snakemake_trial(work: Path, cfg: Path, extra: list[str], rule: str, say
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kills", type=int, default=5, help="kills per stage")
+    p.add_argument("--changed-kills", type=int, default=2, help="kills per stage after the settings change")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/pvdm_kill_matrix"))
@@ -312,7 +362,7 @@ def main() -> None:
     args = p.parse_args()
     import platform
 
-    result = run_campaign(args.workdir, args.kills, args.stages, args.seed)
+    result = run_campaign(args.workdir, args.kills, args.stages, args.seed, changed_kills=args.changed_kills)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     result["machine"] = f"{cpu}, {os.cpu_count()} cores"
@@ -322,8 +372,12 @@ def main() -> None:
     print(f"kills tried {result['kills_tried']}, landed {result['kills_landed']} "
           f"({result['kills_landed_per_stage']}); unloadable files after any kill: "
           f"{result['unloadable_after_any_kill']}; artifacts compared {result['artifacts_compared']}, "
-          f"mismatches: {len(result['mismatches'])}; wrote {args.out}")
-    sys.exit(1 if result["mismatches"] or result["unloadable_after_any_kill"] else 0)
+          f"mismatches: {len(result['mismatches'])}; after the settings changed: "
+          f"{result['changed_setting']['kills_landed']} kills landed, {result['changed_setting']['artifacts_compared']} "
+          f"artifacts compared with a straight run of the new settings, "
+          f"{len(result['changed_setting']['mismatches'])} mismatches; wrote {args.out}")
+    failed = result["mismatches"] or result["changed_setting"]["mismatches"] or result["unloadable_after_any_kill"]
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def abar(i: int) -> float:
-    """alphas_cumprod[i] from the spec's formula, in plain Python floats."""
+    """alphas_cumprod[i] from the original's formula (docs/original-pvdm.md#schedule), in Python floats."""
     lo, hi = math.sqrt(0.0015), math.sqrt(0.0195)
     return math.prod(1 - (lo + k * (hi - lo) / 999) ** 2 for k in range(i + 1))
 
@@ -40,7 +40,7 @@ def test_schedule_matches_the_original_formula():
     assert S.betas[-1].item() == pytest.approx(0.0195, rel=1e-12)
     for i in (0, 1, 499, 999):
         assert S.alphas_cumprod[i].item() == pytest.approx(abar(i), rel=1e-10)
-    assert S.alphas_cumprod[-1].item() == pytest.approx(1.423e-4, rel=1e-3)  # spec 3.4
+    assert S.alphas_cumprod[-1].item() == pytest.approx(1.423e-4, rel=1e-3)  # docs/original-pvdm.md#schedule
     assert S.alphas_cumprod_prev[0].item() == 1.0
     i = 300
     beta, a, a_prev = S.betas[i].item(), abar(i), abar(i - 1)

@@ -17,8 +17,9 @@ from pvdm.losses.gan import (
 )
 from pvdm.models.discriminator import NLayerDiscriminator, NLayerDiscriminator3D
 
-# The original's discriminators (ndf 64, 3 layers), from shared/reference/pvdm_param_counts.json and
-# pvdm_checkpoint_keys.json ("discriminators"): per-block parameter counts and state-dict keys in order.
+# The original's discriminators (ndf 64, 3 layers), counted by instantiating sihyun-yu/PVDM@793172f's
+# NLayerDiscriminator / NLayerDiscriminator3D (docs/original-pvdm.md#discriminators): per-block parameter
+# counts and state-dict keys in order.
 PARAM_COUNTS = {
     2: {"model0": 3136, "model1": 131456, "model2": 525056, "model3": 2098688, "model4": 8193},
     3: {"model0": 12352, "model1": 524672, "model2": 2097920, "model3": 8390144, "model4": 32769},
@@ -35,7 +36,7 @@ KEYS = (
     ]
     + [("model4.0.weight", (1, 512)), ("model4.0.bias", (1,))]
 )
-# Block outputs of the original for 256² frames and 16×256² clips (original-pvdm.md 2.7).
+# Block outputs of the original for 256² frames and 16×256² clips (docs/original-pvdm.md#discriminators).
 SPATIAL_256 = [129, 65, 33, 34, 35]
 TIME_16 = [9, 5, 3, 4, 5]
 

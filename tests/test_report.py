@@ -71,7 +71,7 @@ def test_reported_csv_has_headline_numbers():
         assert len(sel) == 1, (variant, dataset, metric, split)
         return sel.iloc[0]
 
-    expected = [  # (variant, dataset, metric, split, value, confidence) from design/original-pvdm.md s9
+    expected = [  # (variant, dataset, metric, split, value, confidence): docs/original-pvdm.md#paper-numbers
         ("PVDM-L", "ucf101", "fvd16", "", 398.9, "S"),
         ("PVDM-L", "ucf101", "fvd128", "", 639.7, "V"),
         ("PVDM-L 400/400-s", "ucf101", "fvd16", "", 343.6, "V"),

@@ -252,7 +252,7 @@ def test_tiny_dag_through_slurm(slurm_cluster, tmp_path, pytestconfig):
     seen = re.findall(r"CUDA_VISIBLE_DEVICES=([^\s;,]+(?:,[^\s;,]+)*)", rule_log)
     say(pytestconfig, f"{GPU_RULE} log: CUDA_VISIBLE_DEVICES={seen or 'not logged'}")
     assert seen and all(v == want for v in seen), seen
-    assert "launching 2 processes" in rule_log and "processes: 2 (gloo)" in rule_log  # torchrun in the job
+    assert "launching 2 processes" in rule_log and "processes: 2 (gloo)" in rule_log  # DDP processes in the job
     assert len(rules["sample"]) == 2  # the sample set was drawn by two jobs
     # jobs without a GPU request see no GPU
     _, cpu_log = rules["prepare_data"][0]

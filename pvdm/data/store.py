@@ -5,7 +5,11 @@ Layout of a store folder::
     clips.u8     raw uint8, C-order, shape [N, T, H, W, 3]   (# n t h w c)
     index.npy    int64 [N, 2]: (video id, first frame) of each clip
     videos.json  the source of each video id (relative path), in store order
-    store.json   shape, dtype, preprocessing parameters
+    store.json   shape, dtype, preprocessing parameters, sha256 of clips.u8
+
+``ClipStore.fingerprint`` is a hash of the whole content (store.json holds the clips' sha256, which
+the writer computes as it writes): what a training run's resume key and the latent cache record,
+so a store rebuilt with other clips is never taken for the old one.
 
 Reading a batch is one fancy index into the memory map (no decoding), which is what makes training
 input cheap; see benchmarks/bench_clip_store.py. Writers append clip by clip and publish the folder
@@ -14,7 +18,9 @@ with a rename at the end, so a killed job never leaves a store that looks comple
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from pvdm.utils.io import atomic_write_json, raise_if_disk_full
+from pvdm.utils.io import atomic_write_json, raise_if_disk_full, sha256_file
+
+log = logging.getLogger("pvdm.data")
 
 STORE_FORMAT = 1
 
@@ -41,6 +49,7 @@ class ClipStoreWriter:
         self.clip_shape = (frames, resolution, resolution, 3)
         self.meta = meta or {}
         self._file = open(self.tmp / "clips.u8", "wb")
+        self._sha = hashlib.sha256()
         self._index: list[tuple[int, int]] = []
         self._videos: list[str] = []
 
@@ -54,10 +63,12 @@ class ClipStoreWriter:
                 f"clip has shape {clip.shape} {clip.dtype}, store expects {self.clip_shape} uint8"
             )
         try:
-            self._file.write(np.ascontiguousarray(clip).tobytes())
+            data = np.ascontiguousarray(clip).tobytes()
+            self._file.write(data)
         except OSError as e:
             raise_if_disk_full(e, self.path, self._file.tell())
             raise
+        self._sha.update(data)
         self._index.append((video_id, start))
 
     def __len__(self) -> int:
@@ -84,6 +95,7 @@ class ClipStoreWriter:
             "dtype": "uint8",
             "layout": "n t h w c",
             "num_videos": len(self._videos),
+            "clips_sha256": self._sha.hexdigest(),
             **self.meta,
         }
         atomic_write_json(self.tmp / "store.json", info)
@@ -151,5 +163,15 @@ class ClipStore:
         out[order] = self.clips[indices[order]]
         return out
 
-    def clips_of_video(self, video_id: int) -> np.ndarray:
-        return np.flatnonzero(self.index[:, 0] == video_id)
+    def fingerprint(self) -> str:
+        """sha256 of the store's content: store.json (with the clips' sha256), index and video list.
+        A store written before the writer recorded ``clips_sha256`` has its clips hashed here."""
+        h = hashlib.sha256()
+        info = dict(self.info)
+        if "clips_sha256" not in info:
+            log.info("%s: hashing clips.u8 (the store predates recorded hashes)", self.path)
+            info["clips_sha256"] = sha256_file(self.path / "clips.u8")
+        h.update(json.dumps(info, sort_keys=True).encode())
+        h.update(np.ascontiguousarray(self.index, dtype=np.int64).tobytes())
+        h.update(json.dumps(self.videos).encode())
+        return h.hexdigest()

@@ -3,8 +3,8 @@
 A sampler is a named value, ``Sampler(name, steps, eta)`` (the config's ``sampling.sampler``):
 ``ddpm`` walks all T steps with the ancestral update, ``ddim`` walks PVDM's ``steps`` time pairs with
 the DDIM update. ``sample`` is the one loop both share; ``_UPDATES`` maps a name to its update rule.
-The paper's numbers use DDIM with 400 steps and eta = 1 (design doc 3.6). Both clip the predicted
-x0 to [-1, 1] (the latents are tanh-bounded).
+The paper's numbers use DDIM with 400 steps and eta = 1 (docs/original-pvdm.md#sampling). Both clip
+the predicted x0 to [-1, 1] (the latents are tanh-bounded).
 
 Every random draw of sample b comes from its own generator ``generators[b]`` (an int seed or a
 ``torch.Generator``), so a sample depends on its seed only, not on the batch it is drawn in.

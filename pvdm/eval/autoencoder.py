@@ -49,7 +49,11 @@ def reconstruct(
         for start in range(0, n, batch_size):
             real = np.ascontiguousarray(store.clips[start : min(start + batch_size, n), :frames])
             x = to_model_range(torch.from_numpy(real).to(device))
-            yield real, to_uint8(model(x))
+            x_hat = model(x)
+            if not torch.isfinite(x_hat).all():  # quantised, NaN would pass as black frames
+                raise FloatingPointError(f"the autoencoder's reconstructions of {store.path} are not finite "
+                                         "(NaN or inf): its weights or inputs are broken")
+            yield real, to_uint8(x_hat)
 
 
 def recon_metrics(

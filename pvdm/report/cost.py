@@ -23,7 +23,6 @@ PUBLISHED = {
     "sample_s_per_clip": {"value": 20.4, "unit": "s/clip",
                           "basis": "PVDM paper: 16x256x256 clip, 400-step DDIM", "measured_on": "RTX 3090 Ti (paper)"},
 }
-UCF101_TRAIN_VIDEOS = 9537  # fold-1 train list; the latent cache encodes each clip's windows
 
 
 @dataclass

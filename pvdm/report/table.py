@@ -637,11 +637,3 @@ def write_table(table: Table, out_dir: str | os.PathLike, name: str = "table1") 
     atomic_write_text(paths[2], to_latex(table))
     atomic_write_json(paths[3], to_json(table))
     return paths
-
-
-def make_table(rows_path: str | os.PathLike, reported_path: str | os.PathLike, out_dir: str | os.PathLike,
-               base_dir: str | os.PathLike = ".", name: str = "table1") -> Table:
-    """Plain-Python entry point of ``pvdm table``."""
-    table = build_table(load_rows(rows_path), reported_path, base_dir)
-    write_table(table, out_dir, name)
-    return table

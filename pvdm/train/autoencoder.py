@@ -26,7 +26,7 @@ from pvdm.models.autoencoder import AutoencoderConfig, TriplaneAutoencoder
 from pvdm.train import distributed
 from pvdm.train.early_stopping import DivergenceGuard, EarlyStopping
 from pvdm.train.loop import TrainingRun
-from pvdm.utils.io import atomic_write_json
+from pvdm.utils.io import atomic_write_json, sha256_file
 from pvdm.utils.media import write_grid
 
 log = logging.getLogger("pvdm.train")
@@ -59,7 +59,13 @@ def train_autoencoder(
             f"autoencoder.model (resolution {model_cfg.resolution}, frames {model_cfg.frames}) does not fit the "
             f"clips in {train_store.path} ({train_store.resolution}px, {train_store.frames} frames)"
         )
-    run_cfg = {"stage": stage, "seed": exp["seed"], "autoencoder": ae_cfg, "data": str(data_dir), "init": str(init)}
+    # Inputs are checked before the run takes the folder's lock or writes anything (loaded again
+    # in the run, after seeding: building a model draws from the global RNG the discriminators use).
+    if init is not None:
+        load_initial(init, model_cfg)
+    # The run's identity: settings and the content of every input (not their paths).
+    run_cfg = {"stage": stage, "seed": exp["seed"], "autoencoder": ae_cfg, "train_store": train_store.fingerprint(),
+               "test_store": test_store.fingerprint(), "init_sha256": sha256_file(init) if init is not None else None}
     with TrainingRun(
         out_dir, run_cfg, seed=exp["seed"], steps=tcfg["steps"], save_every=tcfg["save_every"],
         log_every=tcfg["log_every"], max_steps=max_steps, device=device, desc=f"autoencoder {stage}",

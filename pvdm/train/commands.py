@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from pvdm.cli_options import add_experiment_args, add_options, resolve_experiment
+from pvdm.cli_options import add_experiment_args, add_options, positive_int, resolve_experiment
 
 log = logging.getLogger("pvdm")
 
@@ -87,9 +87,9 @@ def register_diffusion(sub: argparse._SubParsersAction) -> None:
     add_options(p, "autoencoder", "out", "device")
     p.add_argument("--diffusion", required=True, type=Path, help="U-Net checkpoint (ema.pt, model.pt, ...)")
     p.add_argument(
-        "--frames", required=True, type=int, help="frames per video (16 = clips, 128 = long videos)"
+        "--frames", required=True, type=positive_int, help="frames per video (16 = clips, 128 = long videos)"
     )
-    p.add_argument("--num-videos", type=int, help="overrides sampling.num_videos")
+    p.add_argument("--num-videos", type=positive_int, help="overrides sampling.num_videos")
     p.add_argument(
         "--weights",
         choices=["ema", "raw", "untrained"],
@@ -109,7 +109,7 @@ def register_diffusion(sub: argparse._SubParsersAction) -> None:
         "were made with the same settings and cover every sample once, and write OUT/clips (clip store), "
         "OUT/preview.{mp4,gif} and OUT/samples.json. The result is the same as one `pvdm sample` job.",
     )
-    p.add_argument("--shards", required=True, type=int, help="N, the number of shards")
+    p.add_argument("--shards", required=True, type=positive_int, help="N, the number of shards")
     add_options(p, out="the sample set's folder (the --out of the shard jobs)")
     p.set_defaults(func=run_gather)
 

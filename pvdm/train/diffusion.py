@@ -48,20 +48,20 @@ class LatentCache:
 
     Windows start at multiples of ``stride`` (stride = T gives exactly the two halves). Stored as
     float32 shards ``[n, W, C, L]`` of ``SHARD`` clips each in ``folder/shard_<k>.npy``, beside
-    ``folder/meta.json`` (the autoencoder's sha256, the store, its size, the offsets): a different
-    autoencoder or store never reuses them. Under torchrun every rank encodes every world-size-th
+    ``folder/meta.json`` (the autoencoder's sha256, the store's fingerprint, its size, the offsets): a
+    different autoencoder or store content never reuses them. Under torchrun every rank encodes every world-size-th
     shard, so no rank waits at a barrier while another encodes the whole set; a killed build
     resumes from the shards already written.
     """
 
     SHARD = 256
 
-    def __init__(self, folder: Path, ae: TriplaneAutoencoder, ae_sha: str, store: ClipStore, stride: int,
-                 d: distributed.Dist, batch_size: int = 16):
+    def __init__(self, folder: Path, ae: TriplaneAutoencoder, ae_sha: str, store: ClipStore, store_sha: str,
+                 stride: int, d: distributed.Dist, batch_size: int = 16):
         t = ae.cfg.frames
         self.offsets = list(range(0, store.frames - t + 1, stride))
-        meta = {"autoencoder_sha256": ae_sha, "store": str(store.path), "clips": len(store), "offsets": self.offsets,
-                "shard_clips": self.SHARD}
+        meta = {"autoencoder_sha256": ae_sha, "store_sha256": store_sha, "clips": len(store),
+                "offsets": self.offsets, "shard_clips": self.SHARD}
         meta_path = folder / "meta.json"
         if d.is_main:
             if folder.exists() and (not meta_path.exists() or read_json(meta_path) != meta):
@@ -108,16 +108,19 @@ def train_diffusion(
     dcfg, out_dir = exp["diffusion"], Path(out_dir)
     tcfg = dcfg["train"]
     store = ClipStore(Path(data_dir) / "train")
-    ae_sha = sha256_file(autoencoder)
-    run_cfg = {"seed": exp["seed"], "diffusion": dcfg, "data": str(data_dir), "autoencoder_sha256": ae_sha}
+    # Inputs are checked before the run takes the folder's lock or writes anything.
+    ae = load_autoencoder(autoencoder, map_location="cpu").eval().requires_grad_(False)
+    check_inputs(store, ae, tcfg)
+    ae_sha, store_sha = sha256_file(autoencoder), store.fingerprint()
+    # The run's identity: settings and the content of every input (not their paths).
+    run_cfg = {"seed": exp["seed"], "diffusion": dcfg, "train_store": store_sha, "autoencoder_sha256": ae_sha}
     with TrainingRun(
         out_dir, run_cfg, seed=exp["seed"], steps=tcfg["steps"], save_every=tcfg["save_every"],
         log_every=tcfg["log_every"], max_steps=max_steps, device=device, desc="diffusion",
     ) as run:
         run.check_batch(tcfg["batch_size"], "diffusion.train.batch_size")
-        ae = load_autoencoder(autoencoder, map_location="cpu").to(run.device).eval().requires_grad_(False)
+        ae = ae.to(run.device)
         t = ae.cfg.frames
-        check_inputs(store, ae, tcfg)
         cfg = unet_config(dcfg["model"], ae)
         if tcfg["cond_prob"] > 0 and not cfg.cond:
             raise ValueError("diffusion.train.cond_prob > 0 needs a conditional U-Net (diffusion.model.cond: true)")
@@ -132,7 +135,7 @@ def train_diffusion(
         schedule = NoiseSchedule()
         cache = None
         if tcfg["cache_latents"]:
-            cache = LatentCache(out_dir / "latents", ae, ae_sha, store, tcfg["cache_stride"], run.dist)
+            cache = LatentCache(out_dir / "latents", ae, ae_sha, store, store_sha, tcfg["cache_stride"], run.dist)
         batches = ClipBatches(store, tcfg["batch_size"], store.frames, exp["seed"], run.dist.rank, run.dist.world_size)
         local = batches.local_slice  # this rank's rows of the global batch
 

@@ -20,6 +20,8 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
+from pvdm.utils.device import resolve_device
+
 log = logging.getLogger("pvdm.train")
 PR_SET_PDEATHSIG = 1
 
@@ -41,10 +43,11 @@ class Dist:
 
 
 def die_with_launcher() -> None:
-    """Under torchrun, end this worker when torchrun ends (Linux PR_SET_PDEATHSIG): torchrun starts
-    its workers in sessions of their own, so a SIGKILL of torchrun would leave them training on
-    as orphans, writing into the folder a rerun resumes from."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+    """Under pvdm's launcher or torchrun, end this worker when the launcher ends (Linux
+    PR_SET_PDEATHSIG): both start their workers in sessions of their own, so a SIGKILL of the
+    launcher would leave them training on as orphans, writing into the folder a rerun resumes from."""
+    launched = "TORCHELASTIC_RUN_ID" in os.environ or "PVDM_LAUNCHER_PID" in os.environ
+    if not launched or not sys.platform.startswith("linux"):
         return
     launcher = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
@@ -60,9 +63,7 @@ def setup(device: str | None = None) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device, local, world)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

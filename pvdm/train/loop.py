@@ -4,15 +4,17 @@ logging, progress and ``max_steps``. A trainer keeps only its step and its evalu
     with TrainingRun(out_dir, run_config, seed=..., steps=..., ...) as run:
         model = ...; opt = ...
         run.register(model=model, opt=opt)     # everything state.pt must hold
-        run.resume()                           # continue from state.pt when it belongs to run_config
+        run.resume()                           # continue from state.pt when it is the same computation
         for step in run.steps():               # start .. steps-1 (or max_steps), until run.stop(...)
             loss = ...                         # the trainer's step
             run.log(step + 1, {"loss": loss})  # progress bar; log.jsonl + TensorBoard every log_every
             run.checkpoint(step + 1)           # state.pt every save_every, at the end and on a stop
 
 Randomness of step k comes from ``run.generator(k, stream)`` and the data from the step index, so
-a killed and resumed run computes exactly what an uninterrupted one does. The process group (under
-torchrun) is torn down on every exit path of the ``with`` block.
+a killed and resumed run computes exactly what an uninterrupted one does. ``run_config`` is the
+run's identity: the trainer puts its settings and content hashes of its inputs there, the run adds
+what changes the numbers (``numerics``); a state.pt of another identity is set aside, never
+resumed. The process group is torn down on every exit path of the ``with`` block.
 
 SIGTERM (Slurm's preemption and time-limit warning) or Ctrl-C ends the current step, saves the
 complete state and raises :class:`pvdm.train.signals.Interrupted`; ``pvdm`` then exits with 75.
@@ -33,7 +35,7 @@ import torch
 from pvdm.train import distributed
 from pvdm.train.logger import TrainLogger
 from pvdm.train.signals import Interrupted
-from pvdm.train.state import load_state, save_state, set_rng_state
+from pvdm.train.state import belongs_to, read_state, save_state, set_aside, set_rng_state
 from pvdm.utils import device as device_utils
 from pvdm.utils.io import FolderLock
 from pvdm.utils.progress import Progress
@@ -57,13 +59,13 @@ class TrainingRun:
         desc: str = "training",
     ):
         self.out_dir = Path(out_dir)
-        self.run_config = run_config
         self.seed = seed
         self.total_steps = steps  # what the config asks for
         self.stop_at = steps if max_steps is None else min(steps, max_steps)  # where this process stops
         self.save_every, self.log_every, self.desc = save_every, log_every, desc
         self.dist = distributed.setup(device)
         self.device = self.dist.device
+        self.run_config = {**run_config, "numerics": device_utils.numerics(self.device, self.dist.world_size)}
         self.state_path = self.out_dir / "state.pt"
         # One writer per folder (the main rank holds the lock for all): taken before any file is touched.
         self._lock = FolderLock(self.out_dir, desc) if self.dist.is_main else None
@@ -91,9 +93,16 @@ class TrainingRun:
         self.parts.update(parts)
 
     def resume(self) -> bool:
-        """Load state.pt when it exists and belongs to this run's config; True if it did."""
-        state = load_state(self.state_path, self.run_config)
+        """Load state.pt when it exists and is this computation (same identity); True if it did.
+        A state of another identity is set aside (state.stale.pt) and the run starts at step 0."""
+        state = read_state(self.state_path)
+        if state is not None and not belongs_to(state, self.run_config):
+            distributed.barrier(self.dist)  # every rank has read it before the main rank moves it
+            if self.dist.is_main:
+                set_aside(self.state_path, state, self.run_config)
+            state = None
         if state is not None:
+            log.info("resuming from %s at step %d", self.state_path, state["step"])
             for name, obj in self.parts.items():
                 obj.load_state_dict(state[name])
             set_rng_state(state["rng"])

@@ -2,8 +2,11 @@
 
 ``state.pt`` holds everything a run needs to continue exactly where it stopped: model(s),
 optimizers, grad scalers, discriminators, EMA, step, RNG states, the resolved config and the
-early-stopping record. Rerunning the same command resumes from it; a run with a different config
-starts over (and says so) instead of mixing two experiments.
+early-stopping record. Rerunning the same command resumes from it only into the same computation:
+the run's identity (``config`` below) holds its settings, content hashes of every input (clip
+stores, the starting checkpoint) and what changes the numbers (device type, CPU threads, process
+count, torch version). A state of another identity is set aside as ``state.stale.pt`` and the run
+starts from step 0, logging which keys differ; finished work is never "resumed" on new inputs.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +58,8 @@ def save_state(path: str | Path, step: int, config: Any, **parts: Any) -> None:
     atomic_torch_save(payload, path)
 
 
-def load_state(path: str | Path, config: Any) -> dict[str, Any] | None:
-    """The saved state if it exists and belongs to ``config``; None to start fresh."""
+def read_state(path: str | Path) -> dict[str, Any] | None:
+    """The saved state, or None when there is none; a torn or foreign file is an error."""
     path = Path(path)
     if not path.exists():
         return None
@@ -63,10 +67,32 @@ def load_state(path: str | Path, config: Any) -> dict[str, Any] | None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a torn or foreign file: never resume from it silently
         raise ValueError(f"{path}: cannot read the training state ({e}); delete it to start over") from e
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: training state format {state.get('format')}, expected {STATE_FORMAT}")
-    if state["config_hash"] != config_hash(config):
-        log.warning("%s was written with a different config: starting over (old state is replaced)", path)
-        return None
-    log.info("resuming from %s at step %d", path, state["step"])
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path}: training state format {found}, expected {STATE_FORMAT}")
     return state
+
+
+def belongs_to(state: dict[str, Any], config: Any) -> bool:
+    return state["config_hash"] == config_hash(config)
+
+
+def changed_keys(saved: Any, current: Any, prefix: str = "", limit: int = 8) -> list[str]:
+    """Dotted keys whose values differ between two run identities (nested dicts compared key by key)."""
+    if not (isinstance(saved, dict) and isinstance(current, dict)):
+        return [prefix or "<identity>"] if saved != current else []
+    out: list[str] = []
+    for key in sorted(set(saved) | set(current)):
+        out += changed_keys(saved.get(key), current.get(key), f"{prefix}{key}.", limit)
+    return [k.rstrip(".") for k in out][:limit]
+
+
+def set_aside(path: str | Path, state: dict[str, Any], config: Any) -> Path:
+    """Move a state of another computation out of the way (``state.stale.pt``, replacing an older one)."""
+    path = Path(path)
+    aside = path.with_name("state.stale.pt")
+    os.replace(path, aside)
+    keys = changed_keys(state.get("config"), config)
+    log.warning("%s (step %d) belongs to another computation (changed: %s): set aside as %s; starting from "
+                "step 0", path, state["step"], ", ".join(keys) or "?", aside.name)
+    return aside

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 SEED_STRIDE = 1_000_003  # prime; seeds of different experiments stay apart for offsets below it
+SAMPLE_SEED_FORMULA = f"seed * {SEED_STRIDE} + index"  # what sample_seed computes, for cards and help texts
 
 
 def derived_seed(seed: int, offset: int) -> int:

@@ -15,13 +15,14 @@ rule train_autoencoder:
     resources:
         **PLAN.resources("train_autoencoder"),
     params:
+        numerics=lambda w: PLAN[w.exp].numerics("train_autoencoder"),
         settings=lambda w: PLAN[w.exp].settings(
             "autoencoder.model", "autoencoder.stage1"
         ),
         data=lambda w: PLAN[w.exp].path(L.data),
         out=lambda w: PLAN[w.exp].path(L.stage1),
     shell:
-        "pvdm --nproc {resources.nproc} train-autoencoder --settings {params.settings:q} --data {params.data} "
+        "pvdm --threads {resources.cpu_threads} --nproc {resources.nproc} train-autoencoder --settings {params.settings:q} --data {params.data} "
         "--out {params.out} > {log} 2>&1"
 
 
@@ -44,9 +45,10 @@ rule finetune_gan:
     resources:
         **PLAN.resources("finetune_gan"),
     params:
+        numerics=lambda w: PLAN[w.exp].numerics("finetune_gan"),
         settings=lambda w: PLAN[w.exp].settings("autoencoder.model", "autoencoder.gan"),
         data=lambda w: PLAN[w.exp].path(L.data),
         out=lambda w: PLAN[w.exp].path(L.gan),
     shell:
-        "pvdm --nproc {resources.nproc} finetune-gan --settings {params.settings:q} --data {params.data} --init {input.init} "
+        "pvdm --threads {resources.cpu_threads} --nproc {resources.nproc} finetune-gan --settings {params.settings:q} --data {params.data} --init {input.init} "
         "--out {params.out} > {log} 2>&1"

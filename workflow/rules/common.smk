@@ -6,6 +6,7 @@ import sys
 
 from pvdm.config import check_yaml as pvdm_check_yaml
 from pvdm.config import config_source
+from pvdm.config import resolve as pvdm_resolve
 from pvdm.config import validate as pvdm_validate
 from pvdm.plan import Layout as L
 from pvdm.plan import Plan
@@ -15,6 +16,10 @@ from pvdm.plan import Plan
 # silently (a duplicated key, whose second value wins) is an error here.
 for _f in workflow.configfiles:
     pvdm_check_yaml(_f)
+# `${...}` interpolations are resolved before validation, as `pvdm --config` does.
+_resolved = pvdm_resolve(config, config_source(workflow.configfiles))
+config.clear()
+config.update(_resolved)
 pvdm_validate(
     config, config_source(workflow.configfiles, workflow.config_settings.config)
 )

@@ -17,11 +17,12 @@ rule train_diffusion:
     resources:
         **PLAN.resources("train_diffusion"),
     params:
+        numerics=lambda w: PLAN[w.exp].numerics("train_diffusion"),
         settings=lambda w: PLAN[w.exp].settings("diffusion"),
         data=lambda w: PLAN[w.exp].path(L.data),
         out=lambda w: PLAN[w.exp].path(L.diffusion),
     shell:
-        "pvdm --nproc {resources.nproc} train-diffusion --settings {params.settings:q} --data {params.data} "
+        "pvdm --threads {resources.cpu_threads} --nproc {resources.nproc} train-diffusion --settings {params.settings:q} --data {params.data} "
         "--autoencoder {input.autoencoder} --out {params.out} > {log} 2>&1"
 
 
@@ -45,22 +46,27 @@ rule sample:
     resources:
         **PLAN.resources("sample"),
     params:
+        numerics=lambda w: PLAN[w.exp].numerics("sample"),
         settings=lambda w: PLAN[w.exp].settings("sampling"),
         num=lambda w: PLAN[w.exp].sample_count(int(w.frames)),
         weights=lambda w: PLAN[w.exp].weights_label(w.kind),
         out=lambda w: PLAN[w.exp].path(L.samples, kind=w.kind, frames=w.frames),
     shell:
-        "pvdm sample --settings {params.settings:q} --autoencoder {input.autoencoder} "
+        "pvdm --threads {resources.cpu_threads} sample --settings {params.settings:q} --autoencoder {input.autoencoder} "
         "--diffusion {input.diffusion} --weights {params.weights} --frames {wildcards.frames} "
         "--num-videos {params.num} --shard {wildcards.shard} --out {params.out} > {log} 2>&1"
 
 
 rule gather_samples:
     input:
-        lambda w: [
+        shards=lambda w: [
             PLAN[w.exp].path(L.sample_shard, kind=w.kind, frames=w.frames, shard=s)
             for s in PLAN[w.exp].shards(int(w.frames))
         ],
+        # The shards are temporary: without the checkpoints declared here, a checkpoint lost after
+        # the samples were made (a killed retraining) would leave this set looking up to date.
+        autoencoder=lambda w: PLAN[w.exp].autoencoder_checkpoint,
+        diffusion=lambda w: PLAN[w.exp].diffusion_checkpoint(w.kind),
     output:
         card=L.sample_card,
         preview=f"{L.samples}/preview.mp4",
