@@ -36,7 +36,8 @@ localrules:
 
 
 wildcard_constraints:
-    exp="|".join(config["experiments"]),
+    **WILDCARDS,
+    exp="|".join(PLAN.experiments),
 
 
 rule all:

@@ -85,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
 
     root = REPO / "results" / EXP
-    bench = REPO / "benchmarks" / EXP
+    bench = REPO / "results" / EXP / "benchmarks"
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(bench, ignore_errors=True)

@@ -13,6 +13,7 @@ from pvdm.cli_options import positive_int
 from pvdm.config import ConfigError
 from pvdm.data import commands as data_commands
 from pvdm.eval import commands as eval_commands
+from pvdm.plan import MULTI_PROCESS_STAGES
 from pvdm.report import commands as report_commands
 from pvdm.train import commands as train_commands
 from pvdm.train.signals import RESUMABLE_EXIT_CODE, Interrupted
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-MULTI_PROCESS_COMMANDS = ("train-autoencoder", "finetune-gan", "train-diffusion")
+MULTI_PROCESS_COMMANDS = tuple(MULTI_PROCESS_STAGES.values())
 
 
 def set_threads(threads: int) -> None:

@@ -30,6 +30,16 @@ def parse_shard(name: str) -> tuple[int, int]:
     return int(k), int(n)
 
 
+class _Keep(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def fill(template: str, **wildcards: Any) -> str:
+    """``template`` with some wildcards filled and the others kept (``{exp}`` stays for Snakemake)."""
+    return template.format_map(_Keep(wildcards))
+
+
 class Layout:
     """Path templates of every stage (``{exp}``, ``{kind}``, ``{frames}``, ``{dataset}`` wildcards)."""
 
@@ -51,7 +61,8 @@ class Layout:
     inception = "results/{exp}/metrics/is{frames}_model.json"
     feature_cache = "results/{exp}/metrics/feature_cache"
     logs = "results/{exp}/logs"
-    benchmarks = "benchmarks/{exp}"
+    benchmarks = "results/{exp}/benchmarks"  # Snakemake's per-job timings (benchmarks/ holds the scripts)
+    download_log = "results/logs/download_{dataset}.log"
     paper = "results/paper"
     table = "results/paper/table1"
     figure = "results/paper/figures/{exp}_{figure}_{frames}.png"
@@ -61,8 +72,12 @@ TABLE_FILES = tuple(f"{Layout.table}.{ext}" for ext in ("md", "csv", "tex", "jso
 FIGURES = ("autoencoder", "diffusion", "samples", "compare")
 # Stages whose jobs may run several processes (DDP, one per GPU); the others use one device
 # each and spread over devices by jobs (sampling shards).
-MULTI_PROCESS_STAGES = ("train_autoencoder", "finetune_gan", "train_diffusion")
+MULTI_PROCESS_STAGES = {"train_autoencoder": "train-autoencoder", "finetune_gan": "finetune-gan",
+                        "train_diffusion": "train-diffusion"}  # stage -> its pvdm command
 SAMPLE_KINDS = ("model", "untrained")  # the trained U-Net, and its initialisation as a baseline
+HELD_OUT_SPLIT = "test"  # the data split reconstruction metrics and the comparison figure read
+# Snakemake wildcard constraints of the layout's templates
+WILDCARDS = {"kind": "|".join(SAMPLE_KINDS), "frames": "[0-9]+", "shard": "[0-9]+of[0-9]+"}
 
 
 @dataclass(frozen=True)
@@ -275,6 +290,34 @@ class ExperimentPlan:
         threads = r["cpus_per_gpu"] * r["gpus"] if r["gpus"] else r["cpus"]
         return {"gpu": r["gpus"], "cpus_per_gpu": r["cpus_per_gpu"], "mem_mb": r["mem_mb"], "runtime": r["runtime"],
                 "threads": threads, "nproc": nproc}
+
+    def released_files(self) -> dict[str, str]:
+        """The original-format checkpoints import_released converts (released.autoencoder / .diffusion)."""
+        return {key: self.cfg["released"][key] for key in ("autoencoder", "diffusion")}
+
+    def recon_options(self) -> str:
+        """Options of `pvdm recon-metrics`: the held-out split, the clip count, R-FVD on or off."""
+        ev = self.cfg["eval"]
+        return (f"--split {HELD_OUT_SPLIT} --num-videos {ev['recon_videos']} --bootstrap {ev['bootstrap']}"
+                + ("" if ev["rfvd"] else " --no-rfvd"))
+
+    def fvd_options(self, kind: str, frames: int) -> str:
+        """Options of `pvdm fvd` for one sample set: real and generated clips, N, the protocol, the cache."""
+        ev = self.cfg["eval"]
+        return " ".join(part for part in [
+            f"--real {self.real_store(frames)} --fake {self.path(Layout.sample_clips, kind=kind, frames=frames)}",
+            f"--frames {frames} --num-videos {self.fvd_count(frames)} --selector {ev['real_selector']}",
+            f"--seed {ev['seed']} --covariance {ev['covariance']} --resize {ev['resize']}",
+            f"--bootstrap {ev['bootstrap']}", self.floor_option(frames), f"--dataset {self.cfg['data']['dataset']}",
+            f"--split {ev['real_split']} --cache-dir {self.path(Layout.feature_cache)}",
+        ] if part)
+
+    def inception_options(self, frames: int) -> str:
+        """Options of `pvdm is`: the model's clips, N, splits, the C3D archives, the dataset."""
+        ev = self.cfg["eval"]
+        return (f"--fake {self.path(Layout.sample_clips, kind='model', frames=frames)} "
+                f"--num-videos {self.fvd_count(frames)} --frames {frames} --splits {ev['is_splits']} "
+                f"--c3d-dir {ev['c3d_dir']} --dataset {self.cfg['data']['dataset']}")
 
     def numerics(self, stage: str) -> str:
         """What changes a job's numbers besides its settings and inputs: the device kind, the process

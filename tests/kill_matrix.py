@@ -93,7 +93,7 @@ def job_pids(workdir: Path, command: str) -> list[int]:
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        words = [a.decode(errors="replace") for a in args[:5]]  # python, .../pvdm, [--nproc N], command
+        words = [a.decode(errors="replace") for a in args[:8]]  # python, .../pvdm, [--threads N --nproc N], command
         if cwd == str(workdir) and command in words and any(w.endswith("/pvdm") or w == "pvdm" for w in words):
             pids.append(int(entry.name))
     return pids
@@ -225,7 +225,7 @@ def run_campaign(root: Path, kills: int, stages: list[str], seed: int, target: s
     for rule in stages:
         rows = [
             float(line.split("\t")[0])
-            for tsv in (ref / "benchmarks" / "tiny").glob(f"{rule}*.tsv")
+            for tsv in (ref / "results" / "tiny" / "benchmarks").glob(f"{rule}*.tsv")
             for line in tsv.read_text().splitlines()[1:]
         ]
         durations[rule] = max(rows) if rows else 5.0

@@ -106,6 +106,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=run_compare)
 
     f = figs.add_parser(
+        "all", help="the four report figures of an experiment (what the paper_figures rule makes)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="The autoencoder curves (stage 1 then GAN), the diffusion loss, a sample strip and the "
+        "held-out / reconstructed / generated comparison of experiment EXP, from and to the paths of the "
+        "pipeline's layout (pvdm.plan.Layout) under the working directory.",
+    )
+    f.add_argument("--exp", required=True, help="experiment id (results/<exp>/...)")
+    f.add_argument("--frames", required=True, type=int, help="frames of the model's clips (samples/model<frames>)")
+    f.add_argument("--autoencoder", required=True, type=Path, help="autoencoder checkpoint of the comparison")
+    f.set_defaults(func=run_figures_all)
+
+    f = figs.add_parser(
         "fvd", help="FVD vs training step from several metric files", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="FVD across saved checkpoints: one line per clip length (FVD16, FVD128) with the "
         "bootstrap interval as error bars and the real-vs-real floor dashed. The step comes from the file "
@@ -204,6 +216,27 @@ def run_compare(args: argparse.Namespace) -> None:
     scale = args.scale or max(1, 96 // real.shape[2])
     plot_comparison(blocks, args.out, args.every, title=args.title, scale=scale)
     log.info("wrote %s", args.out)
+
+
+def run_figures_all(args: argparse.Namespace) -> None:
+    from pvdm.plan import FIGURES, Layout
+
+    def path(template: str, **w: object) -> Path:
+        return Path(template.format(exp=args.exp, frames=args.frames, **w))
+
+    out = {figure: path(Layout.figure, figure=figure) for figure in FIGURES}
+    clips = path(Layout.sample_clips, kind="model")
+    common = dict(title=None, every=2)
+    run_curves(argparse.Namespace(
+        logs=[f"stage1={path(Layout.stage1)}/log.jsonl", f"gan={path(Layout.gan)}/log.jsonl"], out=out["autoencoder"],
+        keys=None, logy=True, consecutive=True, title=f"autoencoder ({args.exp})"))
+    run_curves(argparse.Namespace(logs=[f"diffusion={path(Layout.diffusion)}/log.jsonl"], out=out["diffusion"],
+                                  keys=["loss"], logy=True, consecutive=False, title=f"latent diffusion ({args.exp})"))
+    run_strip(argparse.Namespace(videos=clips, out=out["samples"], num_videos=6, max_frames=None,
+                                 **{**common, "title": f"samples ({args.exp})"}))
+    run_compare(argparse.Namespace(real=path(Layout.data) / "test", autoencoder=args.autoencoder, generated=clips,
+                                   out=out["compare"], num_videos=3, scale=None,
+                                   **{**common, "title": f"held-out, reconstructed, generated ({args.exp})"}))
 
 
 def run_fvd_plot(args: argparse.Namespace) -> None:

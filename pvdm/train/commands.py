@@ -79,8 +79,8 @@ def register_diffusion(sub: argparse._SubParsersAction) -> None:
         help="generate 16-frame clips or long videos into a clip store (+ mp4/gif previews)",
         description="Sample triplane latents with the U-Net (sampling.sampler: DDIM with eta, or ancestral DDPM) "
         "and decode them. --frames equal to the autoencoder's clip length gives clips; a multiple of it gives "
-        "long videos, each clip conditioned on the previous generated clean latent. Sample i uses the seed "
-        "sampling.seed * 1000003 + i, whatever the batch size. Writes OUT/clips (clip store), "
+        "long videos, each clip conditioned on the previous generated clean latent. Sample i uses its own seed "
+        "(sampling.seed and i, see pvdm.utils.seeding), whatever the batch size. Writes OUT/clips (clip store), "
         "OUT/preview.{mp4,gif}, OUT/samples.json. A killed run resumes from its finished shards.",
     )
     add_experiment_args(p)
@@ -143,33 +143,22 @@ def run_diffusion(args: argparse.Namespace) -> None:
 def run_sample(args: argparse.Namespace) -> None:
     from pvdm.config import validate
     from pvdm.diffusion.samplers import Sampler
-    from pvdm.plan import parse_shard
-    from pvdm.sample import sample_shard
+    from pvdm.plan import ExperimentPlan, parse_shard
+    from pvdm.sample import generate, sample_shard
 
     _, exp = resolve_experiment(args)
     s = validate(dict(exp.get("sampling", {})), "sampling", definition="sampling")
-    shard, shards = parse_shard(args.shard or "000of001")
-    path = sample_shard(
-        args.autoencoder,
-        args.diffusion,
-        args.out,
-        num_videos=args.num_videos or s["num_videos"],
-        frames=args.frames,
-        sampler=Sampler.from_config(s["sampler"]),
-        seed=s["seed"],
-        batch_size=s["batch_size"],
-        amp=s["amp"],
-        device=args.device,
-        weights=args.weights or ("ema" if s["ema"] else "raw"),
-        shard=shard,
-        shards=shards,
+    settings = dict(
+        num_videos=args.num_videos or s["num_videos"], frames=args.frames, sampler=Sampler.from_config(s["sampler"]),
+        seed=s["seed"], batch_size=s["batch_size"], amp=s["amp"], device=args.device,
+        weights=args.weights or ExperimentPlan("cli", {**exp, "sampling": s}).weights_label("model"),
     )
-    if args.shard is None:
-        from pvdm.sample import gather_samples
-
-        gather_samples(args.out, 1, remove_shards=True)
-    else:
-        log.info("wrote %s", path)
+    if args.shard is None:  # the whole set in this process
+        generate(args.autoencoder, args.diffusion, args.out, **settings)
+        return
+    shard, shards = parse_shard(args.shard)
+    log.info("wrote %s", sample_shard(args.autoencoder, args.diffusion, args.out, shard=shard, shards=shards,
+                                      **settings))
 
 
 def run_gather(args: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ from pvdm.config import check_yaml as pvdm_check_yaml
 from pvdm.config import config_source
 from pvdm.config import resolve as pvdm_resolve
 from pvdm.config import validate as pvdm_validate
+from pvdm.plan import FIGURES, WILDCARDS, fill
 from pvdm.plan import Layout as L
 from pvdm.plan import Plan
 

@@ -2,7 +2,7 @@ rule download_dataset:
     output:
         L.download,
     log:
-        "results/logs/download_{dataset}.log",
+        L.download_log,
     conda:
         "../envs/pvdm.yaml"
     params:

@@ -36,10 +36,6 @@ rule sample:
         f"{L.logs}/sample_{{kind}}{{frames}}_{{shard}}.log",
     benchmark:
         f"{L.benchmarks}/sample_{{kind}}{{frames}}_{{shard}}.tsv"
-    wildcard_constraints:
-        kind="model|untrained",
-        frames="[0-9]+",
-        shard="[0-9]+of[0-9]+",
     conda:
         "../envs/pvdm.yaml"
     threads: PLAN.threads("sample")
@@ -72,9 +68,6 @@ rule gather_samples:
         preview=f"{L.samples}/preview.mp4",
     log:
         f"{L.logs}/gather_samples_{{kind}}{{frames}}.log",
-    wildcard_constraints:
-        kind="model|untrained",
-        frames="[0-9]+",
     conda:
         "../envs/pvdm.yaml"
     params:
@@ -86,8 +79,7 @@ rule gather_samples:
 
 rule import_released:
     input:
-        autoencoder=lambda w: PLAN[w.exp].cfg["released"]["autoencoder"],
-        diffusion=lambda w: PLAN[w.exp].cfg["released"]["diffusion"],
+        unpack(lambda w: PLAN[w.exp].released_files()),
     output:
         autoencoder=f"{L.released}/autoencoder.pt",
         diffusion=f"{L.released}/diffusion.pt",

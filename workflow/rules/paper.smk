@@ -27,45 +27,22 @@ rule paper_figures:
     input:
         ae=f"{L.gan}/history.json",
         diffusion=f"{L.diffusion}/metrics.json",
-        samples=L.sample_card.replace("{kind}", "model"),
+        samples=fill(L.sample_card, kind="model"),
         autoencoder=lambda w: PLAN[w.exp].autoencoder_checkpoint,
         manifest=L.manifest,
     output:
-        ae=report(
-            L.figure.replace("{figure}", "autoencoder"),
-            caption="../report/figures.rst",
-            category="Figures",
-        ),
-        diffusion=report(
-            L.figure.replace("{figure}", "diffusion"),
-            caption="../report/figures.rst",
-            category="Figures",
-        ),
-        strip=report(
-            L.figure.replace("{figure}", "samples"),
-            caption="../report/figures.rst",
-            category="Figures",
-        ),
-        compare=report(
-            L.figure.replace("{figure}", "compare"),
-            caption="../report/figures.rst",
-            category="Figures",
-        ),
+        **{
+            figure: report(
+                fill(L.figure, figure=figure),
+                caption="../report/figures.rst",
+                category="Figures",
+            )
+            for figure in FIGURES
+        },
     log:
         f"{L.paper}/logs/paper_figures_{{exp}}_{{frames}}.log",
     conda:
         "../envs/pvdm.yaml"
-    params:
-        root=lambda w: PLAN[w.exp].path("results/{exp}"),
-        data=lambda w: PLAN[w.exp].path(L.data),
     shell:
-        "(pvdm figures curves stage1={params.root}/autoencoder/stage1/log.jsonl "
-        "gan={params.root}/autoencoder/gan/log.jsonl --logy --consecutive --title 'autoencoder ({wildcards.exp})' "
-        "--out {output.ae} && "
-        "pvdm figures curves diffusion={params.root}/diffusion/log.jsonl --keys loss --logy "
-        "--title 'latent diffusion ({wildcards.exp})' --out {output.diffusion} && "
-        "pvdm figures strip --videos {params.root}/samples/model{wildcards.frames}/clips --num-videos 6 "
-        "--every 2 --title 'samples ({wildcards.exp})' --out {output.strip} && "
-        "pvdm figures compare --real {params.data}/test --autoencoder {input.autoencoder} "
-        "--generated {params.root}/samples/model{wildcards.frames}/clips --num-videos 3 --every 2 "
-        "--title 'held-out, reconstructed, generated ({wildcards.exp})' --out {output.compare}) > {log} 2>&1"
+        "pvdm figures all --exp {wildcards.exp} --frames {wildcards.frames} "
+        "--autoencoder {input.autoencoder} > {log} 2>&1"
