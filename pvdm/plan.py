@@ -395,13 +395,20 @@ class Plan:
     def table_inputs(self) -> list[str]:
         return [path for e in self._chosen() for path in e.metric_files()]
 
+    def checkpoints(self) -> list[str]:
+        """The checkpoints the chosen experiments' samples and metrics come from. The table and the
+        default target ask for them too: Snakemake does not rerun a job whose outputs exist when an
+        input is missing, so a checkpoint lost in a killed retraining must be asked for directly to be
+        rebuilt, and everything drawn from it then reruns as its input changed."""
+        return [path for e in self._chosen() if e.evaluates for path in e.checkpoints_to_publish()]
+
     def final_targets(self) -> list[str]:
         """The default target: the paper table and figures when the experiments go that far, else
         as far as each experiment's config goes (data, autoencoder, ...)."""
         targets = [t for e in self._chosen() for t in e.targets()]
         if any(e.evaluates for e in self._chosen()):
-            targets.append(f"{Layout.table}.md")
-        return targets
+            targets += [f"{Layout.table}.md", *self.checkpoints()]
+        return list(dict.fromkeys(targets))
 
     # Snakemake adapters: callables of a job's wildcards, for a rule's `threads:` and `resources:`.
 

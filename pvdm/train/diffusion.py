@@ -108,9 +108,10 @@ def train_diffusion(
     dcfg, out_dir = exp["diffusion"], Path(out_dir)
     tcfg = dcfg["train"]
     store = ClipStore(Path(data_dir) / "train")
-    # Inputs are checked before the run takes the folder's lock or writes anything.
-    ae = load_autoencoder(autoencoder, map_location="cpu").eval().requires_grad_(False)
-    check_inputs(store, ae, tcfg)
+    # Inputs are checked before the run takes the folder's lock or writes anything. (Loaded again in
+    # the run, after seeding, as before: building a model draws from the global RNG the U-Net's
+    # initialisation uses, and the trained numbers stay those of earlier runs.)
+    check_inputs(store, load_autoencoder(autoencoder, map_location="cpu"), tcfg)
     ae_sha, store_sha = sha256_file(autoencoder), store.fingerprint()
     # The run's identity: settings and the content of every input (not their paths).
     run_cfg = {"seed": exp["seed"], "diffusion": dcfg, "train_store": store_sha, "autoencoder_sha256": ae_sha}
@@ -119,7 +120,7 @@ def train_diffusion(
         log_every=tcfg["log_every"], max_steps=max_steps, device=device, desc="diffusion",
     ) as run:
         run.check_batch(tcfg["batch_size"], "diffusion.train.batch_size")
-        ae = ae.to(run.device)
+        ae = load_autoencoder(autoencoder, map_location="cpu").to(run.device).eval().requires_grad_(False)
         t = ae.cfg.frames
         cfg = unet_config(dcfg["model"], ae)
         if tcfg["cond_prob"] > 0 and not cfg.cond:

@@ -1,6 +1,7 @@
 rule paper_table:
     input:
         metrics=lambda w: PLAN.table_inputs(),
+        checkpoints=lambda w: PLAN.checkpoints(),
         reported=REPORTED_NUMBERS,
     output:
         md=report(
