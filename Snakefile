@@ -1,5 +1,5 @@
-# pvdm pipeline: one DAG from raw data to the paper table. Logic lives in the `pvdm` package;
-# every rule calls the `pvdm` command line. See README.md for the picture of the DAG.
+# pvdm pipeline: one PIPELINE from raw data to the paper table. Logic lives in the `pvdm` package;
+# every rule calls the `pvdm` command line. See README.md for the picture of the PIPELINE.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -37,10 +37,10 @@ localrules:
 
 wildcard_constraints:
     **WILDCARDS,
-    exp="|".join(PLAN.experiments),
+    exp="|".join(PIPELINE.experiments),
 
 
 rule all:
     default_target: True
     input:
-        PLAN.final_targets(),
+        PIPELINE.final_targets(),

@@ -35,9 +35,9 @@ EXP = "mnist"
 
 def settings(sections: tuple[str, ...], train_key: str, steps: int, log_every: int) -> str:
     from pvdm.config import load_config
-    from pvdm.plan import Plan
+    from pvdm.dag import Dag
 
-    plan = Plan(load_config([REPO / "config" / "config.yaml"]))[EXP]
+    plan = Dag(load_config([REPO / "config" / "config.yaml"]))[EXP]
     picked = json.loads(plan.settings(*sections))
     stage, key = train_key.split(".")
     train = picked[stage][key]

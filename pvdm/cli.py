@@ -9,11 +9,12 @@ import os
 import sys
 
 import pvdm
+from pvdm import sample_commands
 from pvdm.cli_options import positive_int
 from pvdm.config import ConfigError
+from pvdm.dag import MULTI_PROCESS_STAGES
 from pvdm.data import commands as data_commands
 from pvdm.eval import commands as eval_commands
-from pvdm.plan import MULTI_PROCESS_STAGES
 from pvdm.report import commands as report_commands
 from pvdm.train import commands as train_commands
 from pvdm.train.signals import RESUMABLE_EXIT_CODE, Interrupted
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     data_commands.register(sub)
     train_commands.register(sub)
+    sample_commands.register(sub)
     eval_commands.register(sub)
     report_commands.register(sub)
     report_commands.register_publish(sub)

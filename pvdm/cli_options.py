@@ -4,6 +4,8 @@ data / checkpoint / output / device arguments."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,49 @@ DEFAULT_HELP = {
     "device": "cpu, cuda, cuda:1 ... (default: this rank's GPU if any, else cpu)",
     "max_steps": "stop after this many steps (the state stays resumable)",
 }
+
+
+Option = tuple[str, dict[str, Any]]
+
+
+def opt(flag: str, **kwargs: Any) -> Option:
+    """One row of a command's options table: the flag and its argparse keywords."""
+    return flag, kwargs
+
+
+def shared(name: str, help: str | None = None) -> Option:
+    """A row of SHARED (with its own help text if given)."""
+    flag, kwargs = SHARED[name]
+    return flag, {**kwargs, "help": help or DEFAULT_HELP[name]}
+
+
+def add_table(p: argparse.ArgumentParser | argparse._ArgumentGroup, table: list[Option]) -> None:
+    """Register a command's options from its table (one row per option)."""
+    for flag, kwargs in table:
+        p.add_argument(flag, **kwargs)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `pvdm` subcommand: its name, help, description, options table and function; ``experiment``
+    adds the configuration options (--config, --exp, --settings, overrides)."""
+
+    name: str
+    help: str
+    description: str
+    options: list[Option]
+    func: Callable[[argparse.Namespace], None]
+    experiment: bool = False
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def register_commands(sub: argparse._SubParsersAction, commands: list[Command]) -> None:
+    for c in commands:
+        p = sub.add_parser(c.name, help=c.help, description=c.description)
+        if c.experiment:
+            add_experiment_args(p)
+        add_table(p, c.options)
+        p.set_defaults(func=c.func, **c.defaults)
 
 
 def add_options(p: argparse.ArgumentParser, *names: str, **helps: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ import numpy as np
 import torch
 
 from pvdm.checkpoints import load_autoencoder, load_diffusion
+from pvdm.dag import shard_name
 from pvdm.data.loader import to_uint8
 from pvdm.data.store import ClipStore, ClipStoreWriter
 from pvdm.diffusion.samplers import Sampler, sample_long
-from pvdm.plan import shard_name
 from pvdm.utils.device import autocast, numerics, resolve_device
 from pvdm.utils.io import FolderLock, atomic_path, atomic_save_npy, atomic_write_json, read_json, sha256_file
 from pvdm.utils.media import write_grid
@@ -99,27 +100,8 @@ def sample_shard(
     parts.mkdir(parents=True, exist_ok=True)
     atomic_write_json(parts / "card.json", card)
     batches = [(b, min(b + batch_size, stop)) for b in range(start, stop, batch_size)]
-    done = [b for b in batches if (parts / f"{b[0]:07d}_{b[1]:07d}.npy").exists()]
-    if done:
-        log.info("resuming %s: %d of %d batches were already sampled", parts, len(done), len(batches))
-    shape_one = (ae.cfg.embed_dim, ae.cfg.latent_length)
-    with Progress(stop - start, f"sampling {frames}-frame videos {start}..{stop - 1}") as bar:
-        for b0, b1 in batches:
-            path = parts / f"{b0:07d}_{b1:07d}.npy"
-            if not path.exists():
-                gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(b0, b1)]
-                with torch.no_grad(), autocast(dev, amp):  # the U-Net only: latents are decoded in float32
-                    z = sample_long(unet, n_clips, (b1 - b0, *shape_one), sampler, generators=gens, device=dev,
-                                    prediction=unet.cfg.prediction)  # n b c l
-                    if not torch.isfinite(z).all():
-                        raise FloatingPointError(f"{diffusion}: sampling gave non-finite latents (a diverged or "
-                                                 "corrupt checkpoint?); no videos written")
-                with torch.no_grad():
-                    videos = torch.cat([ae.decode(z[k].float()) for k in range(n_clips)], dim=2)  # b c (n t) h w
-                if not torch.isfinite(videos).all():
-                    raise FloatingPointError(f"{autoencoder}: decoding gave non-finite videos; no videos written")
-                atomic_save_npy(path, to_uint8(videos))
-            bar.update(b1 - b0)
+    models = SamplingModels(ae, unet, sampler, dev, amp, autoencoder, diffusion)
+    sample_batches(models, parts, batches, seed, n_clips, f"sampling {frames}-frame videos {start}..{stop - 1}")
     # The shard's videos in one file, filled batch by batch (long videos can exceed RAM).
     target = out / "shards" / f"{name}.npy"
     res = ae.cfg.resolution
@@ -133,6 +115,46 @@ def sample_shard(
     shutil.rmtree(parts)
     lock.release()
     return target
+
+
+@dataclass(frozen=True)
+class SamplingModels:
+    """What draws and decodes a batch: the autoencoder, the U-Net, the sampler, where and in what
+    precision (the U-Net only; decoding is float32), and the checkpoint paths errors name."""
+
+    ae: Any
+    unet: Any
+    sampler: Sampler
+    device: torch.device
+    amp: str
+    ae_path: str | Path
+    unet_path: str | Path
+
+
+def sample_batches(m: SamplingModels, parts: Path, batches: list[tuple[int, int]], seed: int, n_clips: int,
+                   desc: str) -> None:
+    """Draw every batch ``[b0, b1)`` not already in ``parts`` as ``parts/<b0>_<b1>.npy`` (uint8)."""
+    done = [b for b in batches if (parts / f"{b[0]:07d}_{b[1]:07d}.npy").exists()]
+    if done:
+        log.info("resuming %s: %d of %d batches were already sampled", parts, len(done), len(batches))
+    shape_one = (m.ae.cfg.embed_dim, m.ae.cfg.latent_length)
+    with Progress(batches[-1][1] - batches[0][0] if batches else 0, desc) as bar:
+        for b0, b1 in batches:
+            path = parts / f"{b0:07d}_{b1:07d}.npy"
+            if not path.exists():
+                gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in range(b0, b1)]
+                with torch.no_grad(), autocast(m.device, m.amp):  # the U-Net only: latents are decoded in float32
+                    z = sample_long(m.unet, n_clips, (b1 - b0, *shape_one), m.sampler, generators=gens,
+                                    device=m.device, prediction=m.unet.cfg.prediction)  # n b c l
+                    if not torch.isfinite(z).all():
+                        raise FloatingPointError(f"{m.unet_path}: sampling gave non-finite latents (a diverged or "
+                                                 "corrupt checkpoint?); no videos written")
+                with torch.no_grad():
+                    videos = torch.cat([m.ae.decode(z[k].float()) for k in range(n_clips)], dim=2)  # b c (n t) h w
+                if not torch.isfinite(videos).all():
+                    raise FloatingPointError(f"{m.ae_path}: decoding gave non-finite videos; no videos written")
+                atomic_save_npy(path, to_uint8(videos))
+            bar.update(b1 - b0)
 
 
 def gather_samples(out: str | Path, shards: int, preview: int = 16, remove_shards: bool = False) -> dict[str, Any]:

@@ -76,3 +76,20 @@ def weights_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def load_converted(model: Any, path: Path, expected_sha256: str, ignore_missing: tuple[str, ...] = ()) -> Any:
+    """Load converted safetensors weights into ``model`` after checking the file against its sha256
+    sidecar; every missing (except keys ending in ``ignore_missing``) or unexpected key is an error."""
+    from safetensors.torch import load_file
+
+    from pvdm.utils.io import sha256_file
+
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise ValueError(f"{path}: sha256 {actual} does not match its sidecar {expected_sha256}; delete it to reconvert")
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    missing = [k for k in missing if not (ignore_missing and k.endswith(ignore_missing))]
+    if missing or unexpected:
+        raise ValueError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    return model

@@ -123,7 +123,7 @@ def unloadable_files(results: Path) -> list[str]:
     from PIL import Image
 
     from pvdm.data.store import ClipStore
-    from pvdm.train.logger import read_log_rows
+    from pvdm.utils.io import read_log_rows
 
     bad = []
     for path in sorted(results.rglob("*")):

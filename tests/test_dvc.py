@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from pvdm.config import load_config
-from pvdm.plan import ExperimentPlan
+from pvdm.dag import ExperimentDag
 from pvdm.report.commands import register_publish
 from pvdm.report.publish import (
     DvcError,
@@ -79,15 +79,15 @@ def test_checkpoint_paths_follow_the_config() -> None:
     exp = next(iter(cfg["experiments"]))
     c = cfg["experiments"][exp]
     # The sample rule reads the GAN autoencoder and the EMA U-Net; the untrained baseline its init.
-    assert ExperimentPlan(exp, c).checkpoints_to_publish() == [
+    assert ExperimentDag(exp, c).checkpoints_to_publish() == [
         f"results/{exp}/autoencoder/gan/model.pt",
         f"results/{exp}/diffusion/ema.pt",
         f"results/{exp}/diffusion/untrained.pt",
     ]
     c["sampling"]["ema"], c["sampling"]["untrained_baseline"] = False, False
-    assert ExperimentPlan(exp, c).checkpoints_to_publish() == [f"results/{exp}/autoencoder/gan/model.pt", f"results/{exp}/diffusion/model.pt"]
+    assert ExperimentDag(exp, c).checkpoints_to_publish() == [f"results/{exp}/autoencoder/gan/model.pt", f"results/{exp}/diffusion/model.pt"]
     released = load_config(REPO / "config" / "released_sky.yaml")["experiments"]["sky_released"]
-    assert ExperimentPlan("sky_released", released).checkpoints_to_publish() == [
+    assert ExperimentDag("sky_released", released).checkpoints_to_publish() == [
         "results/sky_released/released/autoencoder.pt",
         "results/sky_released/released/diffusion.pt",
     ]
@@ -211,7 +211,7 @@ def test_publish_clone_pull_metrics_rebuilds_only_the_table(tmp_path: Path, monk
     for rel, rows in logs.items():
         (origin / "results" / exp / rel).parent.mkdir(parents=True, exist_ok=True)
         (origin / "results" / exp / rel).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ckpts = ExperimentPlan(exp, load_config(origin / "config" / "config.yaml")["experiments"][exp]).checkpoints_to_publish()
+    ckpts = ExperimentDag(exp, load_config(origin / "config" / "config.yaml")["experiments"][exp]).checkpoints_to_publish()
     for i, rel in enumerate(ckpts):  # stand-ins: DVC and Snakemake never read a checkpoint's bytes
         (origin / rel).parent.mkdir(parents=True, exist_ok=True)
         (origin / rel).write_bytes(bytes([i]) * 1000)

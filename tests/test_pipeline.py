@@ -60,14 +60,25 @@ def test_full_pipeline_tiny(tmp_path):
     assert rows["tiny"]["fvd128"] == fvd48.value and rows["tiny"]["psnr"] == recon.psnr and rows["tiny"]["rfvd"] == recon.rfvd.value
     assert rows["tiny_untrained"]["fvd16"] == FVDRecord.read(metrics / "fvd16_untrained.json").value
     assert rows["tiny_floor"]["fvd16"] == fvd16.real_floor.value and fvd16.real_floor.n == 2
-    assert fvd16.value > 0 and recon.num_videos == 4 and 5 < recon.psnr < 40
+    assert fvd16.value > 0 and recon.num_videos == 4
+    # recon.json scores the GAN stage's chosen model on the held-out clips its evaluations used: the best
+    # evaluation's PSNR, never below the stage's own starting point (best-model selection keeps it)
+    history = json.loads((res / "tiny" / "autoencoder" / "gan" / "history.json").read_text())
+    best = next(e for e in history["evaluations"] if e["step"] == history["best_step"])
+    assert recon.psnr == pytest.approx(best["psnr"], rel=1e-4) and recon.psnr >= history["evaluations"][0]["psnr"]
     card = fvd16.protocol
     assert card["num_fake"] == 4 and card["frames"] == 16 and len(card["i3d_weights_sha256"]) == 64
     assert card["sampler"] == "ddim3_eta1" and card["ema"] is True  # from the samples' card
     assert fvd16.interval["method"] == "fixed_n" and fvd16.interval95[0] < fvd16.value < fvd16.interval95[1]
     score = ISRecord.read(metrics / "is16_model.json")
-    assert rows["tiny"]["is"] == score.value and score.num_videos == 4 and score.splits == 2 and score.value >= 1
-    history = json.loads((res / "tiny" / "autoencoder" / "gan" / "history.json").read_text())
+    assert rows["tiny"]["is"] == score.value and score.num_videos == 4 and score.splits == 2
+    # the DAG's IS is the score of the model's sample clips with those archives (not of other clips or N)
+    from pvdm.data.store import ClipStore
+    from pvdm.eval.inception import evaluate_is
+
+    direct = evaluate_is(ClipStore(res / "tiny" / "samples" / "model16" / "clips").clips, num_videos=4, frames=16,
+                         splits=2, device="cpu", archives_dir=tiny["experiments"]["tiny"]["eval"]["c3d_dir"])
+    assert score.value == pytest.approx(direct.value, rel=1e-4) and score.std == pytest.approx(direct.std, rel=1e-3)
     assert [e["step"] for e in history["evaluations"]][:2] == [0, 1] and history["stopped_at"] <= 3
     for fig in ("autoencoder", "diffusion", "samples"):
         assert (res / "paper" / "figures" / f"tiny_{fig}_16.png").stat().st_size > 1000
@@ -137,5 +148,14 @@ def test_released_checkpoints_flow(tmp_path):
     assert imported["autoencoder"]["source"] == "ckpt/ae.pth"
     table = (tmp_path / "results" / "paper" / "table1.md").read_text()
     assert "Released (stand-in)" in table and "PVDM-L 400/400-s" in table
+    # the row's numbers come from the imported checkpoints, sampled and scored with the config's protocol
+    card = json.loads((tmp_path / "results" / "rel" / "samples" / "model16" / "samples.json").read_text())
+    assert card["autoencoder"] == "results/rel/released/autoencoder.pt" and card["weights"] == "ema"
+    assert card["diffusion"] == "results/rel/released/diffusion.pt" and card["num_videos"] == 4
+    fvd = FVDRecord.read(tmp_path / "results" / "rel" / "metrics" / "fvd16_model.json")
+    assert fvd.protocol["num_fake"] == fvd.protocol["num_real"] == 4 and fvd.protocol["frames"] == 16
+    assert fvd.protocol["sampler"] == "ddim3_eta1" and fvd.protocol["ema"] is True
+    rows = json.loads((tmp_path / "results" / "paper" / "table1.json").read_text())["rows"]
+    assert rows["rel"]["fvd16"] == fvd.value
     # (the paper's numbers sit beside rows of ucf101 / sky; their matching is tested in test_report)
     assert not (tmp_path / "results" / "rel" / "autoencoder").exists()  # nothing was trained

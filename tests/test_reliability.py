@@ -28,9 +28,15 @@ from pvdm.data.store import ClipStore, ClipStoreWriter
 from pvdm.models.autoencoder import AutoencoderConfig, TriplaneAutoencoder
 from pvdm.train.autoencoder import train_autoencoder
 from pvdm.train.diffusion import train_diffusion
-from pvdm.train.logger import read_log_rows
 from pvdm.train.signals import RESUMABLE_EXIT_CODE
-from pvdm.utils.io import DiskFullError, FolderInUseError, FolderLock, atomic_path, atomic_torch_save
+from pvdm.utils.io import (
+    DiskFullError,
+    FolderInUseError,
+    FolderLock,
+    atomic_path,
+    atomic_torch_save,
+    read_log_rows,
+)
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}

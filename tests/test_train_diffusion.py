@@ -84,6 +84,19 @@ def test_training_lowers_loss_and_writes_outputs(setup, tmp_path):
 
 
 @pytest.mark.slow
+def test_untrained_is_the_initialisation_the_run_started_from(setup, tmp_path):
+    # with a vanishing learning rate the trained weights stay the initial ones: untrained.pt must be them
+    # (it was a second network built from a reseed, after loading the autoencoder had drawn from the RNG)
+    data, ae = setup
+    exp = make_exp(steps=2)
+    exp["diffusion"]["train"].update(lr=1e-30, weight_decay=0.0)
+    train_diffusion(exp, data, ae, tmp_path)
+    trained, untrained = state(tmp_path / "model.pt"), state(tmp_path / "untrained.pt")
+    assert trained.keys() == untrained.keys()
+    assert all(torch.allclose(trained[k], untrained[k], rtol=0, atol=1e-20) for k in trained)
+
+
+@pytest.mark.slow
 def test_determinism_and_resume_equivalence(setup, tmp_path):
     data, ae = setup
     exp = make_exp()

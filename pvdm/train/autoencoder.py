@@ -71,113 +71,148 @@ def train_autoencoder(
         log_every=tcfg["log_every"], max_steps=max_steps, device=device, desc=f"autoencoder {stage}",
     ) as run:
         run.check_batch(tcfg["batch_size"], f"autoencoder.{stage}.batch_size")
-        model = (load_initial(init, model_cfg) if init is not None else TriplaneAutoencoder(model_cfg)).to(run.device)
-        gan_settings = {k: tcfg[k] for k in GAN_KEYS} if gan else {"disc_ndf": None}  # stage 1: no discriminators
-        loss_fn = AutoencoderLoss(
-            l1_weight=tcfg["l1_weight"], lpips_weight=tcfg["lpips_weight"], mse_weight=tcfg["mse_weight"],
-            **gan_settings,
-        ).to(run.device)
-        opt_g = adamw(model.parameters(), tcfg)
-        fp16 = run.device.type == "cuda" and tcfg["amp"] == "fp16"
-        scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
-        run.register(model=model, opt_g=opt_g, scaler_g=scaler_g)
-        stopper = guard = None
-        if gan:
-            for name in ("discriminator_2d", "discriminator_3d"):
-                setattr(loss_fn, name, distributed.sync_batchnorm(getattr(loss_fn, name), run.dist))
-            if run.dist.enabled:
-                log.info("discriminator batch statistics over all ranks: %s",
-                         "SyncBatchNorm" if run.device.type == "cuda" else "CrossRankBatchNorm (gloo)")
-            opt_d = adamw([*loss_fn.discriminator_2d.parameters(), *loss_fn.discriminator_3d.parameters()], tcfg)
-            scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
-            stopper = EarlyStopping(tcfg["monitor"], tcfg["patience"], tcfg["min_delta"])
-            guard = DivergenceGuard(tcfg["spike_factor"])
-            run.register(opt_d=opt_d, scaler_d=scaler_d, discriminator_2d=loss_fn.discriminator_2d,
-                         discriminator_3d=loss_fn.discriminator_3d, early_stopping=stopper, divergence=guard)
+        trainer = StageTrainer(run, exp, stage, model_cfg, train_store, test_store, init, out_dir)
         run.resume()
-
-        ddp_model = model
-        if run.dist.enabled:  # the discriminators are not wrapped: they run twice per backward
-            ddp_model = DDP(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-        frames, accum = model_cfg.frames, tcfg["grad_accum"]
-        batches = ClipBatches(train_store, tcfg["batch_size"], frames, exp["seed"], run.dist.rank, run.dist.world_size)
-        last_layer = model.to_pixel[1].weight if gan and tcfg["adaptive_gan_weight"] else None
-
-        def micro_batch(m: int) -> torch.Tensor:
-            return to_model_range(batches.get(m).to(run.device, non_blocking=True))  # b c t h w
-
-        def frame_index(gen: torch.Generator) -> torch.Tensor:
-            # The LPIPS / 2-D discriminator frame of each clip, drawn for the global batch: the
-            # same frames whatever the number of ranks.
-            return torch.randint(0, frames, (tcfg["batch_size"],), generator=gen)[batches.local_slice]
-
-        def evaluate(step: int) -> None:
-            # LPIPS costs a VGG pass per frame: only when it is the monitored metric.
-            metrics = recon_metrics(model, test_store, tcfg["eval_videos"], frames, device=run.device,
-                                    with_lpips=stopper.monitor == "lpips")
-            # Every rank evaluates the same model on the same clips; the mean makes the decision one.
-            metrics = {**metrics, **distributed.mean_across_ranks(
-                {k: v for k, v in metrics.items() if k != "num_videos"}, run.dist)}
-            improved = stopper.update(step, metrics)
-            log.info("eval step %d: %s%s", step, {k: round(v, 4) for k, v in metrics.items()},
-                     " (best)" if improved else "")
-            run.logger.log(step, {f"eval/{k}": v for k, v in metrics.items() if k != "num_videos"})
-            if improved and run.dist.is_main:
-                save_autoencoder(model, out_dir / "best.pt")
-
-        model.train()
-        if gan and run.start == 0 and stopper.best is None:
-            evaluate(0)  # the starting point is a candidate too: GAN tuning must not make things worse
+        trainer.wrap()
+        if gan and run.start == 0 and trainer.stopper.best is None:
+            trainer.evaluate(0)  # the starting point is a candidate too: GAN tuning must not make things worse
             run.save(0)
         for step in run.steps():
-            gen = run.generator(step, 0)
-            micro = step * accum * (2 if gan else 1)
-            # --- generator phase
-            opt_g.zero_grad(set_to_none=True)
-            g_terms: dict[str, float] = {}
-            for j in range(accum):
-                x = micro_batch(micro + j)
-                with run.autocast(tcfg["amp"]):
-                    x_hat = ddp_model(x)
-                    terms = loss_fn.generator_loss(x, x_hat.float(), gan_active=gan, last_layer=last_layer,
-                                                   frame_index=frame_index(gen))
-                scaler_g.scale(terms["total"] / accum).backward()
-                for k, v in terms.items():
-                    g_terms[k] = g_terms.get(k, 0.0) + v.item() / accum
-            scaler_g.step(opt_g)
-            scaler_g.update()
-            values = {f"g/{k}": v for k, v in g_terms.items()}
-            # --- discriminator phase
-            if gan:
-                micro_batches = [micro_batch(micro + accum + j) for j in range(accum)]
-                values["d/total"] = discriminator_step(
-                    loss_fn, ddp_model, opt_d, scaler_d, micro_batches, [frame_index(gen) for _ in range(accum)],
-                    run, tcfg,
-                )
-                # Decided on the loss of the global batch: every rank stops at the same step.
-                reason = guard.check(distributed.mean_across_ranks({"g": g_terms["total"]}, run.dist)["g"])
-                if reason is not None:
-                    run.stop(reason)
-                    log.warning("step %d: %s; stopping (best.pt keeps the last good model)", step + 1, reason)
             done = step + 1
-            run.log(done, values, progress=g_terms["total"])
+            values = trainer.step(step)
+            run.log(done, values, progress=values["g/total"])
             if gan and run.stop_reason is None and done % tcfg["eval_every"] == 0:
-                evaluate(done)
-                if stopper.should_stop:
-                    run.stop(f"early stop: no {stopper.monitor} improvement in {stopper.patience} "
-                             f"evaluations (best {stopper.best:.4g} at step {stopper.best_step})")
-                    log.info(run.stop_reason)
+                trainer.evaluate(done)
             run.checkpoint(done)
         if not run.completed:
             return {"step": run.done, "stopped": "max_steps"}
-        if not run.dist.is_main:
-            return {}
-        if gan:
-            metrics = finish_gan(out_dir, run, stopper, tcfg["steps"])
+        return trainer.finish() if run.dist.is_main else {}
+
+
+class StageTrainer:
+    """One autoencoder stage's parts (model, losses, optimisers, discriminators, early stopping) and
+    its step: a generator update, then (GAN stage) a discriminator update and the divergence check."""
+
+    def __init__(self, run: TrainingRun, exp: dict[str, Any], stage: str, model_cfg: AutoencoderConfig,
+                 train_store: ClipStore, test_store: ClipStore, init: str | Path | None, out_dir: Path):
+        self.run, self.gan, self.tcfg, self.out_dir = run, stage == "gan", exp["autoencoder"][stage], out_dir
+        self.seed, self.train_store, self.test_store = exp["seed"], train_store, test_store
+        tcfg = self.tcfg
+        self.model = (load_initial(init, model_cfg) if init is not None else TriplaneAutoencoder(model_cfg)).to(
+            run.device)
+        gan_settings = {k: tcfg[k] for k in GAN_KEYS} if self.gan else {"disc_ndf": None}  # stage 1: no discriminators
+        self.loss_fn = AutoencoderLoss(
+            l1_weight=tcfg["l1_weight"], lpips_weight=tcfg["lpips_weight"], mse_weight=tcfg["mse_weight"],
+            **gan_settings,
+        ).to(run.device)
+        self.opt_g = adamw(self.model.parameters(), tcfg)
+        fp16 = run.device.type == "cuda" and tcfg["amp"] == "fp16"
+        self.scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
+        run.register(model=self.model, opt_g=self.opt_g, scaler_g=self.scaler_g)
+        self.stopper = self.guard = None
+        if self.gan:
+            self._add_discriminators(fp16)
+        self.frames, self.accum = model_cfg.frames, tcfg["grad_accum"]
+
+    def _add_discriminators(self, fp16: bool) -> None:
+        run, loss_fn, tcfg = self.run, self.loss_fn, self.tcfg
+        for name in ("discriminator_2d", "discriminator_3d"):
+            setattr(loss_fn, name, distributed.sync_batchnorm(getattr(loss_fn, name), run.dist))
+        if run.dist.enabled:
+            log.info("discriminator batch statistics over all ranks: %s",
+                     "SyncBatchNorm" if run.device.type == "cuda" else "CrossRankBatchNorm (gloo)")
+        self.opt_d = adamw([*loss_fn.discriminator_2d.parameters(), *loss_fn.discriminator_3d.parameters()], tcfg)
+        self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.stopper = EarlyStopping(tcfg["monitor"], tcfg["patience"], tcfg["min_delta"])
+        self.guard = DivergenceGuard(tcfg["spike_factor"])
+        run.register(opt_d=self.opt_d, scaler_d=self.scaler_d, discriminator_2d=loss_fn.discriminator_2d,
+                     discriminator_3d=loss_fn.discriminator_3d, early_stopping=self.stopper, divergence=self.guard)
+
+    def wrap(self) -> None:
+        """After resuming: DDP around the model (not the discriminators: they run twice per backward),
+        the batches of this rank, train mode."""
+        run, tcfg = self.run, self.tcfg
+        self.ddp_model = self.model
+        if run.dist.enabled:
+            self.ddp_model = DDP(self.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+        self.batches = ClipBatches(self.train_store, tcfg["batch_size"], self.frames, self.seed, run.dist.rank,
+                                   run.dist.world_size)
+        self.last_layer = self.model.to_pixel[1].weight if self.gan and tcfg["adaptive_gan_weight"] else None
+        self.model.train()
+
+    def micro_batch(self, m: int) -> torch.Tensor:
+        return to_model_range(self.batches.get(m).to(self.run.device, non_blocking=True))  # b c t h w
+
+    def frame_index(self, gen: torch.Generator) -> torch.Tensor:
+        # The LPIPS / 2-D discriminator frame of each clip, drawn for the global batch: the same
+        # frames whatever the number of ranks.
+        return torch.randint(0, self.frames, (self.tcfg["batch_size"],), generator=gen)[self.batches.local_slice]
+
+    def step(self, step: int) -> dict[str, float]:
+        """One iteration; the logged values (g/*, d/total)."""
+        gen = self.run.generator(step, 0)
+        micro = step * self.accum * (2 if self.gan else 1)
+        g_terms = self.generator_phase(micro, gen)
+        values = {f"g/{k}": v for k, v in g_terms.items()}
+        if self.gan:
+            micro_batches = [self.micro_batch(micro + self.accum + j) for j in range(self.accum)]
+            values["d/total"] = discriminator_step(
+                self.loss_fn, self.ddp_model, self.opt_d, self.scaler_d, micro_batches,
+                [self.frame_index(gen) for _ in range(self.accum)], self.run, self.tcfg,
+            )
+            # Decided on the loss of the global batch: every rank stops at the same step.
+            reason = self.guard.check(distributed.mean_across_ranks({"g": g_terms["total"]}, self.run.dist)["g"])
+            if reason is not None:
+                self.run.stop(reason)
+                log.warning("step %d: %s; stopping (best.pt keeps the last good model)", step + 1, reason)
+        return values
+
+    def generator_phase(self, micro: int, gen: torch.Generator) -> dict[str, float]:
+        """One generator update over ``grad_accum`` micro-batches; the mean loss terms."""
+        self.opt_g.zero_grad(set_to_none=True)
+        g_terms: dict[str, float] = {}
+        for j in range(self.accum):
+            x = self.micro_batch(micro + j)
+            with self.run.autocast(self.tcfg["amp"]):
+                x_hat = self.ddp_model(x)
+                terms = self.loss_fn.generator_loss(x, x_hat.float(), gan_active=self.gan, last_layer=self.last_layer,
+                                                    frame_index=self.frame_index(gen))
+            self.scaler_g.scale(terms["total"] / self.accum).backward()
+            for k, v in terms.items():
+                g_terms[k] = g_terms.get(k, 0.0) + v.item() / self.accum
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
+        return g_terms
+
+    def evaluate(self, step: int) -> None:
+        """Held-out metrics; best.pt when they improve; the early stop when they have not for long."""
+        run, stopper = self.run, self.stopper
+        # LPIPS costs a VGG pass per frame: only when it is the monitored metric.
+        metrics = recon_metrics(self.model, self.test_store, self.tcfg["eval_videos"], self.frames,
+                                device=run.device, with_lpips=stopper.monitor == "lpips")
+        # Every rank evaluates the same model on the same clips; the mean makes the decision one.
+        metrics = {**metrics, **distributed.mean_across_ranks(
+            {k: v for k, v in metrics.items() if k != "num_videos"}, run.dist)}
+        improved = stopper.update(step, metrics)
+        log.info("eval step %d: %s%s", step, {k: round(v, 4) for k, v in metrics.items()},
+                 " (best)" if improved else "")
+        run.logger.log(step, {f"eval/{k}": v for k, v in metrics.items() if k != "num_videos"})
+        if improved and run.dist.is_main:
+            save_autoencoder(self.model, self.out_dir / "best.pt")
+        if step > 0 and stopper.should_stop:
+            run.stop(f"early stop: no {stopper.monitor} improvement in {stopper.patience} "
+                     f"evaluations (best {stopper.best:.4g} at step {stopper.best_step})")
+            log.info(run.stop_reason)
+
+    def finish(self) -> dict[str, Any]:
+        """model.pt, metrics.json and the reconstruction grid of the finished stage (main rank)."""
+        run, out_dir = self.run, self.out_dir
+        if self.gan:
+            metrics = finish_gan(out_dir, run, self.stopper, self.tcfg["steps"])
         else:
-            metrics = finish_stage1(model, out_dir, run, test_store, tcfg["eval_videos"])
+            metrics = finish_stage1(self.model, out_dir, run, self.test_store, self.tcfg["eval_videos"])
         final = load_autoencoder(out_dir / "model.pt", map_location=run.device)
-        write_recon_grid(final, test_store, frames, out_dir / "recon_grid", run.device)
+        write_recon_grid(final, self.test_store, self.frames, out_dir / "recon_grid", run.device)
         atomic_write_json(out_dir / "metrics.json", metrics)
         return metrics
 

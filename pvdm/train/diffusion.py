@@ -121,11 +121,12 @@ def train_diffusion(
     ) as run:
         run.check_batch(tcfg["batch_size"], "diffusion.train.batch_size")
         ae = load_autoencoder(autoencoder, map_location="cpu").to(run.device).eval().requires_grad_(False)
-        t = ae.cfg.frames
         cfg = unet_config(dcfg["model"], ae)
         if tcfg["cond_prob"] > 0 and not cfg.cond:
             raise ValueError("diffusion.train.cond_prob > 0 needs a conditional U-Net (diffusion.model.cond: true)")
         model = TriplaneUNet(cfg).to(run.device)
+        # The initialisation, kept for untrained.pt (the baseline): a resumed run rebuilds the same one.
+        initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         ema = EMA(model, tcfg["ema_decay"], tcfg["ema_every"])
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
         run.register(model=model, opt=opt, ema=ema)
@@ -137,51 +138,15 @@ def train_diffusion(
         cache = None
         if tcfg["cache_latents"]:
             cache = LatentCache(out_dir / "latents", ae, ae_sha, store, store_sha, tcfg["cache_stride"], run.dist)
-        batches = ClipBatches(store, tcfg["batch_size"], store.frames, exp["seed"], run.dist.rank, run.dist.world_size)
-        local = batches.local_slice  # this rank's rows of the global batch
-
-        def latents(step: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-            """(target, condition or None = dropped) latents ``# b c l`` for this rank's share of the batch."""
-            conditional = torch.rand((), generator=gen).item() < tcfg["cond_prob"]
-            if cache is not None:
-                idx, _ = batches.indices(step)
-                offsets = cache.offsets
-                if conditional:
-                    first, second = offsets.index(0), offsets.index(t)
-                    z = torch.from_numpy(np.stack([cache.window(i, second) for i in idx])).to(run.device)
-                    c = torch.from_numpy(np.stack([cache.window(i, first) for i in idx])).to(run.device)
-                    return z, c
-                w = torch.randint(0, len(offsets), (tcfg["batch_size"],), generator=gen)[local]
-                z = torch.from_numpy(np.stack([cache.window(i, j) for i, j in zip(idx, w.tolist(), strict=True)]))
-                return z.to(run.device), None
-            x = to_model_range(batches.get(step).to(run.device, non_blocking=True))  # b c T h w
-            with torch.no_grad(), run.autocast(tcfg["amp"]):
-                if conditional:
-                    return ae.encode(x[:, :, t : 2 * t]).float(), ae.encode(x[:, :, :t]).float()
-                s = int(torch.randint(0, x.shape[2] - t + 1, (), generator=gen))
-                return ae.encode(x[:, :, s : s + t]).float(), None
-
+        source = LatentBatches(store, ae, cache, tcfg, exp["seed"], run)
         model.train()
         for step in run.steps():
-            z, c = latents(step, run.generator(step, 1))
+            z, c = source.get(step, run.generator(step, 1))
             conditional = c is not None
             if c is None and cfg.cond:
                 c = torch.zeros_like(z)  # the dropped condition
-            # Diffusion time and noise of the whole global batch, then this rank's rows: the same
-            # numbers whatever the number of ranks.
-            noise_gen = run.generator(step, 2)
-            batch = tcfg["batch_size"]
-            tt = torch.randint(0, schedule.num_timesteps, (batch,), generator=noise_gen)[local].to(run.device)
-            noise = torch.randn((batch, *z.shape[1:]), generator=noise_gen)[local].to(run.device)
-            with run.autocast(tcfg["amp"]):
-                loss = training_loss(ddp_model, z, t=tt, noise=noise, cond=c, loss_type=tcfg["loss"],
-                                     schedule=schedule, prediction=cfg.prediction,
-                                     min_snr_gamma=tcfg["min_snr_gamma"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tcfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
-            opt.step()
+            loss = unet_update(ddp_model, model, opt, z, c, run.generator(step, 2), source.local, schedule, cfg,
+                               tcfg, run)
             done = step + 1
             ema.update(model, done)
             value = distributed.mean_across_ranks({"loss": loss.item()}, run.dist)["loss"]  # NaN anywhere: NaN everywhere
@@ -195,7 +160,63 @@ def train_diffusion(
             return {"step": run.done, "stopped": "max_steps"}
         if not run.dist.is_main:
             return {}
-        return finish(model, ema, cfg, out_dir, run, ae_sha)
+        return finish(model, ema, cfg, initial, out_dir, run, ae_sha)
+
+
+class LatentBatches:
+    """The latents of training step k for this rank: (target, condition or None = dropped) ``# b c l``,
+    from the latent cache or encoded on the fly; which clips, halves and windows depends on k only."""
+
+    def __init__(self, store: ClipStore, ae: TriplaneAutoencoder, cache: LatentCache | None, tcfg: dict[str, Any],
+                 seed: int, run: TrainingRun):
+        self.ae, self.cache, self.tcfg, self.run, self.t = ae, cache, tcfg, run, ae.cfg.frames
+        self.batches = ClipBatches(store, tcfg["batch_size"], store.frames, seed, run.dist.rank, run.dist.world_size)
+        self.local = self.batches.local_slice  # this rank's rows of the global batch
+
+    def get(self, step: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        conditional = torch.rand((), generator=gen).item() < self.tcfg["cond_prob"]
+        if self.cache is not None:
+            return self._cached(step, gen, conditional)
+        t, device = self.t, self.run.device
+        x = to_model_range(self.batches.get(step).to(device, non_blocking=True))  # b c T h w
+        with torch.no_grad(), self.run.autocast(self.tcfg["amp"]):
+            if conditional:
+                return self.ae.encode(x[:, :, t : 2 * t]).float(), self.ae.encode(x[:, :, :t]).float()
+            s = int(torch.randint(0, x.shape[2] - t + 1, (), generator=gen))
+            return self.ae.encode(x[:, :, s : s + t]).float(), None
+
+    def _cached(self, step: int, gen: torch.Generator, conditional: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cache, device = self.cache, self.run.device
+        idx, _ = self.batches.indices(step)
+        offsets = cache.offsets
+        if conditional:
+            first, second = offsets.index(0), offsets.index(self.t)
+            z = torch.from_numpy(np.stack([cache.window(i, second) for i in idx])).to(device)
+            c = torch.from_numpy(np.stack([cache.window(i, first) for i in idx])).to(device)
+            return z, c
+        w = torch.randint(0, len(offsets), (self.tcfg["batch_size"],), generator=gen)[self.local]
+        z = torch.from_numpy(np.stack([cache.window(i, j) for i, j in zip(idx, w.tolist(), strict=True)]))
+        return z.to(device), None
+
+
+def unet_update(ddp_model: torch.nn.Module, model: TriplaneUNet, opt: torch.optim.Optimizer, z: torch.Tensor,
+                c: torch.Tensor | None, noise_gen: torch.Generator, local: slice, schedule: NoiseSchedule,
+                cfg: UNetConfig, tcfg: dict[str, Any], run: TrainingRun) -> torch.Tensor:
+    """One optimiser step of the U-Net on latents ``z`` (condition ``c``); the loss of this rank."""
+    # Diffusion time and noise of the whole global batch, then this rank's rows: the same numbers
+    # whatever the number of ranks.
+    batch = tcfg["batch_size"]
+    tt = torch.randint(0, schedule.num_timesteps, (batch,), generator=noise_gen)[local].to(run.device)
+    noise = torch.randn((batch, *z.shape[1:]), generator=noise_gen)[local].to(run.device)
+    with run.autocast(tcfg["amp"]):
+        loss = training_loss(ddp_model, z, t=tt, noise=noise, cond=c, loss_type=tcfg["loss"], schedule=schedule,
+                             prediction=cfg.prediction, min_snr_gamma=tcfg["min_snr_gamma"])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if tcfg["grad_clip"]:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
+    opt.step()
+    return loss
 
 
 def check_inputs(store: ClipStore, ae: TriplaneAutoencoder, tcfg: dict[str, Any]) -> None:
@@ -209,12 +230,14 @@ def check_inputs(store: ClipStore, ae: TriplaneAutoencoder, tcfg: dict[str, Any]
         )
 
 
-def finish(model: TriplaneUNet, ema: EMA, cfg: UNetConfig, out_dir: Path, run: TrainingRun, ae_sha: str) -> dict[str, Any]:
+def finish(model: TriplaneUNet, ema: EMA, cfg: UNetConfig, initial: dict[str, torch.Tensor], out_dir: Path,
+           run: TrainingRun, ae_sha: str) -> dict[str, Any]:
     """model.pt, ema.pt, untrained.pt (the initialisation: the baseline to beat) and metrics.json."""
     save_diffusion(model, out_dir / "model.pt")
     save_diffusion(ema.model, out_dir / "ema.pt")
-    torch.manual_seed(run.seed)  # the initialisation this run started from
-    save_diffusion(TriplaneUNet(cfg), out_dir / "untrained.pt")
+    untrained = TriplaneUNet(cfg)
+    untrained.load_state_dict(initial)
+    save_diffusion(untrained, out_dir / "untrained.pt")
     rows = read_jsonl(out_dir / "log.jsonl")
     metrics = {
         "steps": run.done,

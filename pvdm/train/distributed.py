@@ -30,7 +30,6 @@ PR_SET_PDEATHSIG = 1
 class Dist:
     rank: int
     world_size: int
-    local_rank: int
     device: torch.device
 
     @property
@@ -68,7 +67,7 @@ def setup(device: str | None = None) -> Dist:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    d = Dist(rank, world, local, dev)
+    d = Dist(rank, world, dev)
     if d.is_main:
         log.info(
             "processes: %d (%s), device %s, CUDA_VISIBLE_DEVICES=%s, threads per process %d",

@@ -4,39 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-from pvdm.utils.io import atomic_write_text
+from pvdm.utils.io import atomic_write_text, read_log_rows
 
 log = logging.getLogger("pvdm.train")
-
-
-def read_log_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a ``log.jsonl``, in file order.
-
-    A last line without its newline that does not parse was torn by a kill or a full disk mid-write:
-    it is dropped with a warning (the step it logged is redone on resume). Any other bad line is an
-    error naming the file and line."""
-    text = Path(path).read_text()
-    lines = text.split("\n")
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines):  # no newline after it: the write was cut short
-                log.warning("%s: dropping a torn last line (%d characters; a write was cut short)", path, len(line))
-                break
-            raise ValueError(f"{path}: line {i} is not valid JSON ({e}); fix or delete that line") from None
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-            raise ValueError(f"{path}: line {i} has no integer 'step'; fix or delete that line")
-        rows.append(row)
-    return rows
 
 
 class TrainLogger:

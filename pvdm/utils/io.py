@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+_log = logging.getLogger("pvdm")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -204,3 +206,28 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def read_log_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a ``log.jsonl``, in file order.
+
+    A last line without its newline that does not parse was torn by a kill or a full disk mid-write:
+    it is dropped with a warning (the step it logged is redone on resume). Any other bad line is an
+    error naming the file and line."""
+    text = Path(path).read_text()
+    lines = text.split("\n")
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines):  # no newline after it: the write was cut short
+                _log.warning("%s: dropping a torn last line (%d characters; a write was cut short)", path, len(line))
+                break
+            raise ValueError(f"{path}: line {i} is not valid JSON ({e}); fix or delete that line") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise ValueError(f"{path}: line {i} has no integer 'step'; fix or delete that line")
+        rows.append(row)
+    return rows

@@ -11,16 +11,16 @@ rule train_autoencoder:
         f"{L.benchmarks}/train_autoencoder.tsv"
     conda:
         "../envs/pvdm.yaml"
-    threads: PLAN.threads("train_autoencoder")
+    threads: PIPELINE.threads("train_autoencoder")
     resources:
-        **PLAN.resources("train_autoencoder"),
+        **PIPELINE.resources("train_autoencoder"),
     params:
-        numerics=lambda w: PLAN[w.exp].numerics("train_autoencoder"),
-        settings=lambda w: PLAN[w.exp].settings(
+        numerics=lambda w: PIPELINE[w.exp].numerics("train_autoencoder"),
+        settings=lambda w: PIPELINE[w.exp].settings(
             "autoencoder.model", "autoencoder.stage1"
         ),
-        data=lambda w: PLAN[w.exp].path(L.data),
-        out=lambda w: PLAN[w.exp].path(L.stage1),
+        data=lambda w: PIPELINE[w.exp].path(L.data),
+        out=lambda w: PIPELINE[w.exp].path(L.stage1),
     shell:
         "pvdm --threads {resources.cpu_threads} --nproc {resources.nproc} train-autoencoder --settings {params.settings:q} --data {params.data} "
         "--out {params.out} > {log} 2>&1"
@@ -41,14 +41,16 @@ rule finetune_gan:
         f"{L.benchmarks}/finetune_gan.tsv"
     conda:
         "../envs/pvdm.yaml"
-    threads: PLAN.threads("finetune_gan")
+    threads: PIPELINE.threads("finetune_gan")
     resources:
-        **PLAN.resources("finetune_gan"),
+        **PIPELINE.resources("finetune_gan"),
     params:
-        numerics=lambda w: PLAN[w.exp].numerics("finetune_gan"),
-        settings=lambda w: PLAN[w.exp].settings("autoencoder.model", "autoencoder.gan"),
-        data=lambda w: PLAN[w.exp].path(L.data),
-        out=lambda w: PLAN[w.exp].path(L.gan),
+        numerics=lambda w: PIPELINE[w.exp].numerics("finetune_gan"),
+        settings=lambda w: PIPELINE[w.exp].settings(
+            "autoencoder.model", "autoencoder.gan"
+        ),
+        data=lambda w: PIPELINE[w.exp].path(L.data),
+        out=lambda w: PIPELINE[w.exp].path(L.gan),
     shell:
         "pvdm --threads {resources.cpu_threads} --nproc {resources.nproc} finetune-gan --settings {params.settings:q} --data {params.data} --init {input.init} "
         "--out {params.out} > {log} 2>&1"

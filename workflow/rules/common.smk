@@ -1,4 +1,4 @@
-# Everything a rule needs beyond its declaration comes from the experiment plan (pvdm.plan): paths,
+# Everything a rule needs beyond its declaration comes from the experiment plan (pvdm.dag): paths,
 # the checkpoints each stage reads, the sampler, sample counts, the table rows.
 import json
 import os
@@ -8,9 +8,9 @@ from pvdm.config import check_yaml as pvdm_check_yaml
 from pvdm.config import config_source
 from pvdm.config import resolve as pvdm_resolve
 from pvdm.config import validate as pvdm_validate
-from pvdm.plan import FIGURES, WILDCARDS, fill
-from pvdm.plan import Layout as L
-from pvdm.plan import Plan
+from pvdm.dag import FIGURES, WILDCARDS, fill
+from pvdm.dag import Layout as L
+from pvdm.dag import Dag
 
 # Our validation names the key and the file (and the --config values, when given) and fills in
 # the schema's defaults. The files are read again strictly first: YAML that Snakemake accepts
@@ -24,7 +24,7 @@ config.update(_resolved)
 pvdm_validate(
     config, config_source(workflow.configfiles, workflow.config_settings.config)
 )
-PLAN = Plan(config)
+PIPELINE = Dag(config)
 # The paper's reported numbers ship with the workflow (absolute: works with --directory too).
 REPORTED_NUMBERS = f"{workflow.basedir}/config/paper/pvdm_reported.csv"
 # Jobs run the pvdm installed beside the Python that runs Snakemake: a venv's snakemake called

@@ -6,7 +6,7 @@ rule download_dataset:
     conda:
         "../envs/pvdm.yaml"
     params:
-        settings=lambda w: PLAN.download_settings(w.dataset),
+        settings=lambda w: PIPELINE.download_settings(w.dataset),
         out=lambda w: L.raw.format(dataset=w.dataset),
     shell:
         "pvdm download --settings {params.settings:q} --out {params.out} > {log} 2>&1"
@@ -14,19 +14,19 @@ rule download_dataset:
 
 rule prepare_data:
     input:
-        raw=lambda w: PLAN[w.exp].raw_inputs(),
+        raw=lambda w: PIPELINE[w.exp].raw_inputs(),
     output:
         manifest=L.manifest,
     log:
         f"{L.logs}/prepare_data.log",
     conda:
         "../envs/pvdm.yaml"
-    threads: PLAN.threads("prepare_data")
+    threads: PIPELINE.threads("prepare_data")
     resources:
-        **PLAN.resources("prepare_data"),
+        **PIPELINE.resources("prepare_data"),
     params:
-        settings=lambda w: PLAN[w.exp].settings("data"),
-        out=lambda w: PLAN[w.exp].path(L.data),
+        settings=lambda w: PIPELINE[w.exp].settings("data"),
+        out=lambda w: PIPELINE[w.exp].path(L.data),
     shell:
         "pvdm prepare --exp {wildcards.exp} --settings {params.settings:q} --workers {threads} "
         "--out {params.out} > {log} 2>&1"

@@ -13,14 +13,14 @@ rule train_diffusion:
         f"{L.benchmarks}/train_diffusion.tsv"
     conda:
         "../envs/pvdm.yaml"
-    threads: PLAN.threads("train_diffusion")
+    threads: PIPELINE.threads("train_diffusion")
     resources:
-        **PLAN.resources("train_diffusion"),
+        **PIPELINE.resources("train_diffusion"),
     params:
-        numerics=lambda w: PLAN[w.exp].numerics("train_diffusion"),
-        settings=lambda w: PLAN[w.exp].settings("diffusion"),
-        data=lambda w: PLAN[w.exp].path(L.data),
-        out=lambda w: PLAN[w.exp].path(L.diffusion),
+        numerics=lambda w: PIPELINE[w.exp].numerics("train_diffusion"),
+        settings=lambda w: PIPELINE[w.exp].settings("diffusion"),
+        data=lambda w: PIPELINE[w.exp].path(L.data),
+        out=lambda w: PIPELINE[w.exp].path(L.diffusion),
     shell:
         "pvdm --threads {resources.cpu_threads} --nproc {resources.nproc} train-diffusion --settings {params.settings:q} --data {params.data} "
         "--autoencoder {input.autoencoder} --out {params.out} > {log} 2>&1"
@@ -28,8 +28,8 @@ rule train_diffusion:
 
 rule sample:
     input:
-        autoencoder=lambda w: PLAN[w.exp].autoencoder_checkpoint,
-        diffusion=lambda w: PLAN[w.exp].diffusion_checkpoint(w.kind),
+        autoencoder=lambda w: PIPELINE[w.exp].autoencoder_checkpoint,
+        diffusion=lambda w: PIPELINE[w.exp].diffusion_checkpoint(w.kind),
     output:
         temp(L.sample_shard),
     log:
@@ -38,15 +38,15 @@ rule sample:
         f"{L.benchmarks}/sample_{{kind}}{{frames}}_{{shard}}.tsv"
     conda:
         "../envs/pvdm.yaml"
-    threads: PLAN.threads("sample")
+    threads: PIPELINE.threads("sample")
     resources:
-        **PLAN.resources("sample"),
+        **PIPELINE.resources("sample"),
     params:
-        numerics=lambda w: PLAN[w.exp].numerics("sample"),
-        settings=lambda w: PLAN[w.exp].settings("sampling"),
-        num=lambda w: PLAN[w.exp].sample_count(int(w.frames)),
-        weights=lambda w: PLAN[w.exp].weights_label(w.kind),
-        out=lambda w: PLAN[w.exp].path(L.samples, kind=w.kind, frames=w.frames),
+        numerics=lambda w: PIPELINE[w.exp].numerics("sample"),
+        settings=lambda w: PIPELINE[w.exp].settings("sampling"),
+        num=lambda w: PIPELINE[w.exp].sample_count(int(w.frames)),
+        weights=lambda w: PIPELINE[w.exp].weights_label(w.kind),
+        out=lambda w: PIPELINE[w.exp].path(L.samples, kind=w.kind, frames=w.frames),
     shell:
         "pvdm --threads {resources.cpu_threads} sample --settings {params.settings:q} --autoencoder {input.autoencoder} "
         "--diffusion {input.diffusion} --weights {params.weights} --frames {wildcards.frames} "
@@ -56,13 +56,13 @@ rule sample:
 rule gather_samples:
     input:
         shards=lambda w: [
-            PLAN[w.exp].path(L.sample_shard, kind=w.kind, frames=w.frames, shard=s)
-            for s in PLAN[w.exp].shards(int(w.frames))
+            PIPELINE[w.exp].path(L.sample_shard, kind=w.kind, frames=w.frames, shard=s)
+            for s in PIPELINE[w.exp].shards(int(w.frames))
         ],
         # The shards are temporary: without the checkpoints declared here, a checkpoint lost after
         # the samples were made (a killed retraining) would leave this set looking up to date.
-        autoencoder=lambda w: PLAN[w.exp].autoencoder_checkpoint,
-        diffusion=lambda w: PLAN[w.exp].diffusion_checkpoint(w.kind),
+        autoencoder=lambda w: PIPELINE[w.exp].autoencoder_checkpoint,
+        diffusion=lambda w: PIPELINE[w.exp].diffusion_checkpoint(w.kind),
     output:
         card=L.sample_card,
         preview=f"{L.samples}/preview.mp4",
@@ -71,15 +71,15 @@ rule gather_samples:
     conda:
         "../envs/pvdm.yaml"
     params:
-        out=lambda w: PLAN[w.exp].path(L.samples, kind=w.kind, frames=w.frames),
-        shards=lambda w: len(PLAN[w.exp].shards(int(w.frames))),
+        out=lambda w: PIPELINE[w.exp].path(L.samples, kind=w.kind, frames=w.frames),
+        shards=lambda w: len(PIPELINE[w.exp].shards(int(w.frames))),
     shell:
         "pvdm gather-samples --shards {params.shards} --out {params.out} > {log} 2>&1"
 
 
 rule import_released:
     input:
-        unpack(lambda w: PLAN[w.exp].released_files()),
+        unpack(lambda w: PIPELINE[w.exp].released_files()),
     output:
         autoencoder=f"{L.released}/autoencoder.pt",
         diffusion=f"{L.released}/diffusion.pt",
@@ -88,8 +88,8 @@ rule import_released:
     conda:
         "../envs/pvdm.yaml"
     params:
-        out=lambda w: PLAN[w.exp].path(L.released),
-        configs=lambda w: PLAN[w.exp].released_config_args(),
+        out=lambda w: PIPELINE[w.exp].path(L.released),
+        configs=lambda w: PIPELINE[w.exp].released_config_args(),
     shell:
         "pvdm import-pvdm --autoencoder {input.autoencoder} --diffusion {input.diffusion} "
         "{params.configs} --out {params.out} > {log} 2>&1"

@@ -1,6 +1,6 @@
 rule eval_recon:
     input:
-        autoencoder=lambda w: PLAN[w.exp].autoencoder_checkpoint,
+        autoencoder=lambda w: PIPELINE[w.exp].autoencoder_checkpoint,
         manifest=L.manifest,
     output:
         L.recon,
@@ -10,13 +10,13 @@ rule eval_recon:
         f"{L.benchmarks}/eval_recon.tsv"
     conda:
         "../envs/pvdm.yaml"
-    threads: PLAN.threads("eval_recon")
+    threads: PIPELINE.threads("eval_recon")
     resources:
-        **PLAN.resources("eval_recon"),
+        **PIPELINE.resources("eval_recon"),
     params:
-        numerics=lambda w: PLAN[w.exp].numerics("eval_recon"),
-        data=lambda w: PLAN[w.exp].path(L.data),
-        options=lambda w: PLAN[w.exp].recon_options(),
+        numerics=lambda w: PIPELINE[w.exp].numerics("eval_recon"),
+        data=lambda w: PIPELINE[w.exp].path(L.data),
+        options=lambda w: PIPELINE[w.exp].recon_options(),
     shell:
         "pvdm --threads {resources.cpu_threads} recon-metrics --autoencoder {input.autoencoder} "
         "--data {params.data} {params.options} --out {output} > {log} 2>&1"
@@ -34,12 +34,12 @@ rule eval_fvd:
         f"{L.benchmarks}/eval_fvd{{frames}}_{{kind}}.tsv"
     conda:
         "../envs/pvdm.yaml"
-    threads: PLAN.threads("eval_fvd")
+    threads: PIPELINE.threads("eval_fvd")
     resources:
-        **PLAN.resources("eval_fvd"),
+        **PIPELINE.resources("eval_fvd"),
     params:
-        numerics=lambda w: PLAN[w.exp].numerics("eval_fvd"),
-        options=lambda w: PLAN[w.exp].fvd_options(w.kind, int(w.frames)),
+        numerics=lambda w: PIPELINE[w.exp].numerics("eval_fvd"),
+        options=lambda w: PIPELINE[w.exp].fvd_options(w.kind, int(w.frames)),
     shell:
         "pvdm --threads {resources.cpu_threads} fvd {params.options} --out {output} > {log} 2>&1"
 
@@ -47,7 +47,7 @@ rule eval_fvd:
 rule eval_is:
     input:
         samples=fill(L.sample_card, kind="model"),
-        c3d=lambda w: PLAN[w.exp].c3d_archives(),
+        c3d=lambda w: PIPELINE[w.exp].c3d_archives(),
     output:
         L.inception,
     log:
@@ -56,11 +56,11 @@ rule eval_is:
         f"{L.benchmarks}/eval_is{{frames}}.tsv"
     conda:
         "../envs/pvdm.yaml"
-    threads: PLAN.threads("eval_is")
+    threads: PIPELINE.threads("eval_is")
     resources:
-        **PLAN.resources("eval_is"),
+        **PIPELINE.resources("eval_is"),
     params:
-        numerics=lambda w: PLAN[w.exp].numerics("eval_is"),
-        options=lambda w: PLAN[w.exp].inception_options(int(w.frames)),
+        numerics=lambda w: PIPELINE[w.exp].numerics("eval_is"),
+        options=lambda w: PIPELINE[w.exp].inception_options(int(w.frames)),
     shell:
         "pvdm --threads {resources.cpu_threads} is {params.options} --out {output} > {log} 2>&1"

@@ -1,7 +1,6 @@
 rule paper_table:
     input:
-        metrics=lambda w: PLAN.table_inputs(),
-        checkpoints=lambda w: PLAN.checkpoints(),
+        metrics=lambda w: PIPELINE.table_inputs(),
         reported=REPORTED_NUMBERS,
     output:
         md=report(
@@ -17,7 +16,7 @@ rule paper_table:
     conda:
         "../envs/pvdm.yaml"
     params:
-        rows=lambda w: json.dumps(PLAN.table_rows()),
+        rows=lambda w: json.dumps(PIPELINE.table_rows()),
         out=subpath(output.md, parent=True),
     shell:
         "pvdm table --rows-json {params.rows:q} --reported {input.reported} --out {params.out} "
@@ -29,7 +28,7 @@ rule paper_figures:
         ae=f"{L.gan}/history.json",
         diffusion=f"{L.diffusion}/metrics.json",
         samples=fill(L.sample_card, kind="model"),
-        autoencoder=lambda w: PLAN[w.exp].autoencoder_checkpoint,
+        autoencoder=lambda w: PIPELINE[w.exp].autoencoder_checkpoint,
         manifest=L.manifest,
     output:
         **{

@@ -1,8 +1,9 @@
-"""The experiment plan: for a validated config, every output path, the checkpoint each stage reads,
-the sampler, the jobs that run and the rows of the paper table.
+"""The DAG of a config: for a validated config, every output path, the checkpoint each stage reads,
+the sampler, the options and resources of every job, and the rows of the paper table. (The
+`pvdm plan` command is another thing: the GPU-hours a config costs, ``pvdm.report.cost``.)
 
 This is the one place that decides these things. The Snakemake rules declare their inputs and
-outputs from ``Layout`` and ask ``Plan`` / ``ExperimentPlan`` for everything else; ``pvdm publish``
+outputs from ``Layout`` and ask ``Dag`` / ``ExperimentDag`` for everything else; ``pvdm publish``
 and the CLI ask the same objects. Paths are relative to the working directory of the run.
 """
 
@@ -81,7 +82,7 @@ WILDCARDS = {"kind": "|".join(SAMPLE_KINDS), "frames": "[0-9]+", "shard": "[0-9]
 
 
 @dataclass(frozen=True)
-class ExperimentPlan:
+class ExperimentDag:
     """What one experiment (``experiments.<id>`` of a validated config) runs and writes."""
 
     id: str
@@ -372,21 +373,21 @@ class ExperimentPlan:
         return out + self.figure_files()
 
 
-class Plan:
+class Dag:
     """The plan of a whole validated config: its experiments, the default targets, the table."""
 
     def __init__(self, config: dict[str, Any]):
         self.config = config
-        self.experiments = {exp: ExperimentPlan(exp, cfg) for exp, cfg in config["experiments"].items()}
+        self.experiments = {exp: ExperimentDag(exp, cfg) for exp, cfg in config["experiments"].items()}
         self.selected = list(config.get("targets") or self.experiments)
         unknown = [e for e in self.selected if e not in self.experiments]
         if unknown:
             raise ValueError(f"targets {unknown} are not experiments of the config (have {sorted(self.experiments)})")
 
-    def __getitem__(self, exp: str) -> ExperimentPlan:
+    def __getitem__(self, exp: str) -> ExperimentDag:
         return self.experiments[exp]
 
-    def _chosen(self) -> list[ExperimentPlan]:
+    def _chosen(self) -> list[ExperimentDag]:
         return [self.experiments[e] for e in self.selected]
 
     def table_rows(self) -> list[dict[str, Any]]:
@@ -396,10 +397,11 @@ class Plan:
         return [path for e in self._chosen() for path in e.metric_files()]
 
     def checkpoints(self) -> list[str]:
-        """The checkpoints the chosen experiments' samples and metrics come from. The table and the
-        default target ask for them too: Snakemake does not rerun a job whose outputs exist when an
-        input is missing, so a checkpoint lost in a killed retraining must be asked for directly to be
-        rebuilt, and everything drawn from it then reruns as its input changed."""
+        """The checkpoints the chosen experiments' samples and metrics come from. The default target
+        asks for them: Snakemake does not rerun a job whose outputs exist when an input is missing, so a
+        checkpoint lost in a killed retraining must be asked for directly to be rebuilt; everything drawn
+        from it then reruns as its input changed. (The table's own target does not: after
+        `pvdm pull-metrics` it rebuilds the table from the metrics alone.)"""
         return [path for e in self._chosen() if e.evaluates for path in e.checkpoints_to_publish()]
 
     def final_targets(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""The experiment plan (pvdm.plan), without Snakemake: paths, checkpoints, sampler, jobs, table rows."""
+"""The experiment plan (pvdm.dag), without Snakemake: paths, checkpoints, sampler, jobs, table rows."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import yaml
 from conftest import DATA, REPO
 
 from pvdm.config import load_config
+from pvdm.dag import Dag, Layout
 from pvdm.diffusion.samplers import Sampler
-from pvdm.plan import Layout, Plan
 
 
 @pytest.fixture
-def tiny() -> Plan:
-    return Plan(load_config(DATA / "tiny.yaml"))
+def tiny() -> Dag:
+    return Dag(load_config(DATA / "tiny.yaml"))
 
 
 def test_paths_checkpoints_and_sampler(tiny):
@@ -78,19 +78,19 @@ def test_options_change_the_plan(tmp_path):
     s = cfg["experiments"]["tiny"]["sampling"]
     s.update(ema=False, untrained_baseline=False, long_videos=0)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    e = Plan(load_config(tmp_path / "c.yaml"))["tiny"]
+    e = Dag(load_config(tmp_path / "c.yaml"))["tiny"]
     assert e.diffusion_checkpoint("model") == "results/tiny/diffusion/model.pt" and e.weights_label("model") == "raw"
     assert e.sample_runs() == [("model", 16)] and e.long_frames is None
     assert [r["kind"] for r in e.table_rows()] == ["ours", "real_floor"] and "fvd128" not in e.table_rows()[0]
     assert e.floor_option(16) == ""  # eval.floor_videos unset: the protocol's two halves
     cfg["experiments"]["tiny"]["eval"]["floor_videos"] = 1000
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    e = Plan(load_config(tmp_path / "c.yaml"))["tiny"]
+    e = Dag(load_config(tmp_path / "c.yaml"))["tiny"]
     assert e.floor_option(16) == f"--floor-videos {e.fvd_count(16)}"  # at most the FVD's own N
     # no eval section: no metrics, no table; no sampling: no figures
     del cfg["experiments"]["tiny"]["eval"], cfg["experiments"]["tiny"]["sampling"]
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    plan = Plan(load_config(tmp_path / "c.yaml"))
+    plan = Dag(load_config(tmp_path / "c.yaml"))
     assert plan["tiny"].metric_files() == [] and plan.table_rows() == []
     assert plan.final_targets() == [
         "results/tiny/data/manifest.json", "results/tiny/autoencoder/stage1/model.pt",
@@ -99,13 +99,13 @@ def test_options_change_the_plan(tmp_path):
 
 
 def test_released_experiments_and_paper_configs():
-    plan = Plan(load_config(REPO / "config" / "released_sky.yaml"))
+    plan = Dag(load_config(REPO / "config" / "released_sky.yaml"))
     e = plan["sky_released"]
     assert e.released and e.autoencoder_checkpoint == "results/sky_released/released/autoencoder.pt"
     assert e.diffusion_checkpoint("model") == e.diffusion_checkpoint("untrained") == "results/sky_released/released/diffusion.pt"
     assert ("untrained", 16) not in e.sample_runs() and e.trains_autoencoder is False
     assert [r["kind"] for r in e.table_rows()] == ["released", "real_floor"]
-    ucf = Plan(load_config(REPO / "config" / "ucf101.yaml"))["ucf101"]
+    ucf = Dag(load_config(REPO / "config" / "ucf101.yaml"))["ucf101"]
     assert ucf.sampler == Sampler("ddim", 400, 1.0)  # the paper's sampler
     assert ucf.raw_inputs() == ["results/raw/ucf101/download.json"]
     assert ucf.sample_runs() == [("model", 16), ("model", 128)]
@@ -114,7 +114,7 @@ def test_released_experiments_and_paper_configs():
 def test_targets_must_name_experiments(tiny):
     cfg = dict(tiny.config, targets=["nope"])
     with pytest.raises(ValueError, match=r"targets \['nope'\] are not experiments"):
-        Plan(cfg)
+        Dag(cfg)
 
 
 @pytest.mark.slow
