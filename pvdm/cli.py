@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.verbose:
             raise
-        print(f"pvdm {args.command}: interrupted. Finished files are complete and kept (every write is "
-              "atomic); rerun the same command to continue.", file=sys.stderr)
+        if speaks:
+            print(f"pvdm {args.command}: interrupted. Finished files are complete and kept (every write is "
+                  "atomic); rerun the same command to continue.", file=sys.stderr)
         return 130
     except (ConfigError, FileNotFoundError, ValueError, FloatingPointError, FolderInUseError, DiskFullError) as e:
         # User errors and a full disk: one clear message, no traceback (use -v to see it).

@@ -228,6 +228,24 @@ def test_bad_arguments_fail_in_one_line_before_anything_is_created(nan_world, tm
         assert not out.exists(), message  # no shards/, .lock or tensorboard/
 
 
+def test_interpolations_are_resolved_before_snakemake_validates(tmp_path):
+    # `pvdm --config` resolves ${...}; the Snakefile validated the raw string ("'${...}' is not of type
+    # 'integer'") before it did the same
+    cfg = yaml.safe_load((REPO / "tests" / "data" / "tiny.yaml").read_text())
+    exp = cfg["experiments"]["tiny"]
+    exp["autoencoder"]["model"]["resolution"] = "${experiments.tiny.data.resolution}"
+    path = tmp_path / "interp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    dry = subprocess.run(snakemake(tmp_path, path, 1, "-n", "--printshellcmds"), capture_output=True, text=True,
+                         env=ENV, timeout=300)
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    assert '"resolution": 32' in dry.stdout and "${" not in dry.stdout
+    exp["autoencoder"]["model"]["resolution"] = "${experiments.tiny.data.no_such_key}"
+    path.write_text(yaml.safe_dump(cfg))
+    bad = subprocess.run(snakemake(tmp_path, path, 1, "-n"), capture_output=True, text=True, env=ENV, timeout=300)
+    assert bad.returncode != 0 and "cannot resolve an interpolation" in bad.stdout + bad.stderr
+
+
 @pytest.mark.slow
 def test_an_uneven_batch_over_processes_is_reported_once(nan_world, tmp_path):
     exp = make_exp()

@@ -7,7 +7,7 @@ import pytest
 import scipy.ndimage
 import torch
 
-from pvdm.eval import recon
+from pvdm.eval import video_metrics as recon
 
 pytestmark = pytest.mark.usefixtures("isolated_weights_dir")
 

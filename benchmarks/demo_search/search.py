@@ -118,7 +118,7 @@ def cmd_data(args: argparse.Namespace) -> None:
 def eval_ae(model_path: Path, data: Path, n: int, frames: int) -> dict:
     from pvdm.checkpoints import load_autoencoder
     from pvdm.data.store import ClipStore
-    from pvdm.eval.autoencoder import recon_metrics
+    from pvdm.eval.reconstruction import recon_metrics
 
     model = load_autoencoder(model_path, map_location="cpu")
     return recon_metrics(model, ClipStore(data / "test"), n, frames, with_lpips=False)
@@ -202,7 +202,7 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
     from pvdm.checkpoints import load_autoencoder
     from pvdm.data.store import ClipStore
-    from pvdm.eval.autoencoder import reconstruct
+    from pvdm.eval.reconstruction import reconstruct
 
     model = load_autoencoder(args.ckpt, map_location="cpu")
     store = ClipStore(SCRATCH / "data" / args.data / "test")

@@ -107,7 +107,7 @@ def run_is(args: argparse.Namespace) -> None:
 
 
 def run_recon(args: argparse.Namespace) -> None:
-    from pvdm.eval.autoencoder import evaluate_recon
+    from pvdm.eval.reconstruction import evaluate_recon
     from pvdm.utils.device import resolve_device
 
     device = resolve_device(args.device)

@@ -200,7 +200,7 @@ def run_strip(args: argparse.Namespace) -> None:
 def run_compare(args: argparse.Namespace) -> None:
     from pvdm.checkpoints import load_autoencoder
     from pvdm.data.store import ClipStore
-    from pvdm.eval.autoencoder import reconstruct
+    from pvdm.eval.reconstruction import reconstruct
     from pvdm.report.figures import plot_comparison
 
     for path in (args.real, args.generated):

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pvdm.checkpoints import load_autoencoder, save_autoencoder
 from pvdm.data.loader import ClipBatches, to_model_range
 from pvdm.data.store import ClipStore
-from pvdm.eval.autoencoder import recon_metrics, reconstruct
+from pvdm.eval.reconstruction import recon_metrics, reconstruct
 from pvdm.losses.gan import AutoencoderLoss
 from pvdm.models.autoencoder import AutoencoderConfig, TriplaneAutoencoder
 from pvdm.train import distributed

@@ -17,8 +17,8 @@ import torch
 
 from pvdm.data.loader import to_model_range, to_uint8
 from pvdm.data.store import ClipStore
-from pvdm.eval.recon import lpips_video, psnr, ssim
 from pvdm.eval.records import ReconRecord
+from pvdm.eval.video_metrics import lpips_video, psnr, ssim
 from pvdm.utils.io import sha256_file
 
 

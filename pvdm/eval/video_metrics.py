@@ -1,4 +1,4 @@
-"""Reconstruction metrics for the autoencoder: PSNR, SSIM, LPIPS and R-FVD on video pairs.
+"""Quality metrics of video pairs: PSNR, SSIM and LPIPS, one value per video.
 
 Videos are ``[B, 3, T, H, W]`` tensors, either float in [-1, 1] (data range 2; PSNR then equals PVDM's
 PSNR on the [0, 1] scale) or uint8 in [0, 255] (data range 255). Every function returns one value per video.
