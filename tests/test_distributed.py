@@ -192,3 +192,27 @@ def test_cross_rank_batchnorm_is_batchnorm_of_the_global_batch(tmp_path):
                           str(script)], capture_output=True, text=True, env=ENV, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "rank 0 ok" in run.stdout and "rank 1 ok" in run.stdout
+
+
+def test_collectives_wait_longer_than_nccls_default_for_a_large_save(monkeypatch):
+    # rank 0 writes state.pt while the others wait in a barrier: NCCL's 10-minute default is too short
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from pvdm.train import distributed
+
+    seen = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    distributed.setup("cpu")
+    assert seen == {"backend": "gloo", "timeout": timedelta(minutes=60)}
+    monkeypatch.setenv("PVDM_COLLECTIVE_TIMEOUT_MIN", "180")
+    distributed.setup("cpu")
+    assert seen["timeout"] == timedelta(minutes=180)
+    monkeypatch.setenv("PVDM_COLLECTIVE_TIMEOUT_MIN", "soon")
+    with pytest.raises(ValueError, match="PVDM_COLLECTIVE_TIMEOUT_MIN='soon'"):
+        distributed.setup("cpu")

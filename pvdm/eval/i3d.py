@@ -310,7 +310,7 @@ def load_i3d(
     """The FVD I3D in eval mode, frozen; converts the weights on first use and verifies their sha256.
 
     ``fuse`` folds BatchNorm into the convs; ``channels_last`` runs the convs in NTHWC layout (about 2x
-    faster on a 2-core CPU and for the model on an H200). Both change results only at float32 rounding level.
+    faster on a 2-core CPU; not measured on a GPU). Both change results only at float32 rounding level.
     """
 
     path = _converted(out_dir)

@@ -129,7 +129,9 @@ def train_diffusion(
         initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         ema = EMA(model, tcfg["ema_decay"], tcfg["ema_every"])
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
-        run.register(model=model, opt=opt, ema=ema)
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
+        scaler = torch.amp.GradScaler("cuda", enabled=run.device.type == "cuda" and tcfg["amp"] == "fp16")
+        run.register(model=model, opt=opt, ema=ema, scaler=scaler)
         run.resume()
         ddp_model = model
         if run.dist.enabled:
@@ -145,8 +147,8 @@ def train_diffusion(
             conditional = c is not None
             if c is None and cfg.cond:
                 c = torch.zeros_like(z)  # the dropped condition
-            loss = unet_update(ddp_model, model, opt, z, c, run.generator(step, 2), source.local, schedule, cfg,
-                               tcfg, run)
+            loss = unet_update(ddp_model, model, opt, scaler, z, c, run.generator(step, 2), source.local, schedule,
+                               cfg, tcfg, run)
             done = step + 1
             ema.update(model, done)
             value = distributed.mean_across_ranks({"loss": loss.item()}, run.dist)["loss"]  # NaN anywhere: NaN everywhere
@@ -199,8 +201,8 @@ class LatentBatches:
         return z.to(device), None
 
 
-def unet_update(ddp_model: torch.nn.Module, model: TriplaneUNet, opt: torch.optim.Optimizer, z: torch.Tensor,
-                c: torch.Tensor | None, noise_gen: torch.Generator, local: slice, schedule: NoiseSchedule,
+def unet_update(ddp_model: torch.nn.Module, model: TriplaneUNet, opt: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, z: torch.Tensor, c: torch.Tensor | None, noise_gen: torch.Generator, local: slice, schedule: NoiseSchedule,
                 cfg: UNetConfig, tcfg: dict[str, Any], run: TrainingRun) -> torch.Tensor:
     """One optimiser step of the U-Net on latents ``z`` (condition ``c``); the loss of this rank."""
     # Diffusion time and noise of the whole global batch, then this rank's rows: the same numbers
@@ -212,10 +214,12 @@ def unet_update(ddp_model: torch.nn.Module, model: TriplaneUNet, opt: torch.opti
         loss = training_loss(ddp_model, z, t=tt, noise=noise, cond=c, loss_type=tcfg["loss"], schedule=schedule,
                              prediction=cfg.prediction, min_snr_gamma=tcfg["min_snr_gamma"])
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    scaler.scale(loss).backward()
     if tcfg["grad_clip"]:
+        scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
-    opt.step()
+    scaler.step(opt)
+    scaler.update()
     return loss
 
 

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -56,6 +57,16 @@ def die_with_launcher() -> None:
         os._exit(1)
 
 
+def collective_timeout() -> timedelta:
+    """How long a rank waits in a collective: the other ranks wait in a barrier while rank 0 writes
+    state.pt (~8.5 GB at paper scale, minutes on a slow shared file system), longer than NCCL's
+    10-minute default allows. PVDM_COLLECTIVE_TIMEOUT_MIN sets it (default 60)."""
+    text = os.environ.get("PVDM_COLLECTIVE_TIMEOUT_MIN", "60")
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"PVDM_COLLECTIVE_TIMEOUT_MIN={text!r}: expected a whole number of minutes >= 1")
+    return timedelta(minutes=int(text))
+
+
 def setup(device: str | None = None) -> Dist:
     """Initialise the process group when launched by torchrun; pick this process's device."""
     die_with_launcher()
@@ -66,7 +77,7 @@ def setup(device: str | None = None) -> Dist:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=collective_timeout())
     d = Dist(rank, world, dev)
     if d.is_main:
         log.info(
