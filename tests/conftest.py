@@ -21,6 +21,35 @@ TINY_AE = dict(resolution=32, frames=8, patch_size=8, channels=32, depth=1, head
 
 
 
+def prepare_with_autoencoder(exp: dict, root: Path, ae_cfg: dict | None = None) -> tuple[Path, Path]:
+    """``root/data`` (the clip stores of ``exp``) and ``root/ae.pt`` (a seeded, untrained tiny autoencoder)."""
+    import torch
+
+    from pvdm.checkpoints import save_autoencoder
+    from pvdm.data.prepare import prepare
+    from pvdm.models.autoencoder import AutoencoderConfig, TriplaneAutoencoder
+
+    prepare(exp, root / "data")
+    torch.manual_seed(0)
+    save_autoencoder(TriplaneAutoencoder(AutoencoderConfig(**(ae_cfg or {**TINY_AE, "frames": 16}))), root / "ae.pt")
+    return root / "data", root / "ae.pt"
+
+
+def kill_when(proc, ready, sig: int, group: bool = False, timeout: float = 600) -> None:  # noqa: ANN001
+    """Send ``sig`` to ``proc`` (its whole process group with ``group``) once ``ready()`` holds, then wait;
+    the caller checks that it landed (the run may finish first)."""
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)
+            break
+        time.sleep(0.05)
+    proc.wait()
+
+
 def mnist_data(clip_frames: int, num_train: int, num_test: int = 4) -> dict:
     """The data section of a Moving-MNIST experiment at 32x32 (no long store)."""
     return {"dataset": "moving_mnist", "resolution": 32, "clip_frames": clip_frames, "long_frames": 0,

@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY_AE, mnist_data
+from conftest import REPO, TINY_AE, mnist_data, prepare_with_autoencoder
 from kill_matrix import compare_runs, job_pids, wait_until
 
 from pvdm.checkpoints import CheckpointError, load_autoencoder, save_autoencoder
 from pvdm.config import validate
 from pvdm.data.prepare import prepare
-from pvdm.models.autoencoder import AutoencoderConfig, TriplaneAutoencoder
 from pvdm.train.autoencoder import train_autoencoder
 from pvdm.train.signals import RESUMABLE_EXIT_CODE
 from pvdm.utils.io import atomic_torch_save, sha256_file
@@ -125,10 +124,8 @@ def test_another_thread_count_starts_over_and_the_same_one_resumes(tmp_path, one
 @pytest.fixture(scope="module")
 def nan_world(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("nan")
-    prepare(make_exp(), root / "data")
-    torch.manual_seed(0)
-    ae = TriplaneAutoencoder(AutoencoderConfig(**{**TINY_AE, "frames": 16}))
-    save_autoencoder(ae, root / "good.pt")
+    prepare_with_autoencoder(make_exp(), root)
+    (root / "ae.pt").rename(root / "good.pt")
     state = torch.load(root / "good.pt", weights_only=True)
     state["model"]["to_pixel.1.weight"][0] = float("nan")
     atomic_torch_save(state, root / "nan.pt")  # as a diverged run would have written it before this check

@@ -21,12 +21,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_AE, mnist_data
+from conftest import TINY_AE, kill_when, mnist_data
 
 from pvdm.checkpoints import load_autoencoder, load_diffusion
 from pvdm.config import validate
@@ -142,13 +141,8 @@ def test_killed_two_process_run_resumes(data, tmp_path):
            "--out", str(tmp_path / "killed")]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     state, log = tmp_path / "killed" / "state.pt", tmp_path / "killed" / "log.jsonl"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and log.read_text().count("\n") >= 3:  # a cheap look: state.pt is saved every step
-            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, as a node failure would
-            break
-        time.sleep(0.05)
-    proc.wait()
+    # a cheap look: state.pt is saved every step; the launcher and both workers die, as on a node failure
+    kill_when(proc, lambda: log.exists() and log.read_text().count("\n") >= 3, signal.SIGKILL, group=True)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = torch.load(state, weights_only=True)["step"]
     assert 2 <= killed_at < 40

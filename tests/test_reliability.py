@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_AE, mnist_data
+from conftest import REPO, TINY_AE, mnist_data, prepare_with_autoencoder
 
-from pvdm.checkpoints import load_autoencoder, load_diffusion, save_autoencoder
+from pvdm.checkpoints import load_autoencoder, load_diffusion
 from pvdm.config import ConfigError, load_config, validate
 from pvdm.data.prepare import prepare
 from pvdm.data.store import ClipStore, ClipStoreWriter
-from pvdm.models.autoencoder import AutoencoderConfig, TriplaneAutoencoder
 from pvdm.train.autoencoder import train_autoencoder
 from pvdm.train.diffusion import train_diffusion
 from pvdm.train.signals import RESUMABLE_EXIT_CODE
@@ -64,11 +63,8 @@ def make_exp(steps: int = 30, save_every: int = 10) -> dict:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("reliability")
-    prepare(make_exp(), root / "data")
-    torch.manual_seed(0)
-    save_autoencoder(TriplaneAutoencoder(AutoencoderConfig(**{**TINY_AE, "frames": 16})), root / "ae.pt")
-    return {"data": root / "data", "ae": root / "ae.pt"}
+    data, ae = prepare_with_autoencoder(make_exp(), tmp_path_factory.mktemp("reliability"))
+    return {"data": data, "ae": ae}
 
 
 def stage_command(stage: str, exp: dict, world: dict, out: Path) -> list[str]:

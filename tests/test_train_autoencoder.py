@@ -4,16 +4,14 @@ early stopping, clear config errors."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_AE, mnist_data
+from conftest import TINY_AE, kill_when, mnist_data
 
 from pvdm.checkpoints import load_autoencoder
 from pvdm.config import validate
@@ -120,13 +118,8 @@ def test_sigkill_then_resume_gives_identical_weights(data_dir, tmp_path):
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "killed" / "state.pt"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if state.exists() and torch.load(state, weights_only=True)["step"] >= 3:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.2)
-    proc.wait()
+    kill_when(proc, lambda: state.exists() and torch.load(state, weights_only=True)["step"] >= 3, signal.SIGKILL,
+              timeout=240)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = torch.load(state, weights_only=True)["step"]
     assert 3 <= killed_at < 8

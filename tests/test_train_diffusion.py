@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_AE, mnist_data
+from conftest import TINY_AE, mnist_data, prepare_with_autoencoder
 
-from pvdm.checkpoints import load_diffusion, save_autoencoder
+from pvdm.checkpoints import load_diffusion
 from pvdm.config import validate
-from pvdm.data.prepare import prepare
 from pvdm.data.store import ClipStore
 from pvdm.diffusion.samplers import Sampler
-from pvdm.models.autoencoder import AutoencoderConfig, TriplaneAutoencoder
+from pvdm.models.autoencoder import AutoencoderConfig
 from pvdm.sample import gather_samples, generate, sample_shard
 from pvdm.train.diffusion import train_diffusion
 
@@ -44,11 +43,7 @@ def make_exp(**train) -> dict:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("diff")
-    prepare(make_exp(), root / "data")
-    torch.manual_seed(0)
-    save_autoencoder(TriplaneAutoencoder(AE), root / "ae.pt")
-    return root / "data", root / "ae.pt"
+    return prepare_with_autoencoder(make_exp(), tmp_path_factory.mktemp("diff"), TINY_AE)
 
 
 def state(path: Path) -> dict[str, torch.Tensor]:

@@ -47,6 +47,8 @@ round); for larger subsets R is the Cholesky factor of the d x d covariance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.linalg
 from scipy.linalg import blas
@@ -356,22 +358,26 @@ def recentered(
     return recentered_interval(theta, bootstrap_replicates(r, rounds, rng), confidence)
 
 
+def _halfsample(interval: Callable[..., tuple[float, float]], real: np.ndarray, fake: np.ndarray, rounds: int, seed: int,
+                confidence: float) -> tuple[float, float]:
+    """An interval from half-sample replicates (m = N/2 videos of each set, without replacement)."""
+    r, theta, rng = _setup(real, fake, rounds, seed)
+    m, _ = subsample_sizes(len(r.x), len(r.y))
+    return interval(theta, halfsample_replicates(r, rounds, rng), len(r.x), m, confidence)
+
+
 def subsampling(
     real: np.ndarray, fake: np.ndarray, rounds: int = 100, seed: int = 0, confidence: float = 0.95
 ):
     """m-out-of-n subsampling without replacement (m = N/2), sqrt(N) rate."""
-    r, theta, rng = _setup(real, fake, rounds, seed)
-    m, _ = subsample_sizes(len(r.x), len(r.y))
-    return subsampling_interval(theta, halfsample_replicates(r, rounds, rng), len(r.x), m, confidence)
+    return _halfsample(subsampling_interval, real, fake, rounds, seed, confidence)
 
 
 def halfsample_debiased(
     real: np.ndarray, fake: np.ndarray, rounds: int = 100, seed: int = 0, confidence: float = 0.95
 ) -> tuple[float, float]:
     """Delete-d jackknife: half-sample bias correction and spread (for the population distance)."""
-    r, theta, rng = _setup(real, fake, rounds, seed)
-    m, _ = subsample_sizes(len(r.x), len(r.y))
-    return halfsample_debiased_interval(theta, halfsample_replicates(r, rounds, rng), len(r.x), m, confidence)
+    return _halfsample(halfsample_debiased_interval, real, fake, rounds, seed, confidence)
 
 
 def fixed_n(
@@ -381,9 +387,7 @@ def fixed_n(
     if min(len(real), len(fake)) < MIN_HALFSAMPLE_N:
         raise ValueError(f"the half-sample interval needs at least {MIN_HALFSAMPLE_N} videos per set, "
                          f"got {len(real)} real / {len(fake)} fake")
-    r, theta, rng = _setup(real, fake, rounds, seed)
-    m, _ = subsample_sizes(len(r.x), len(r.y))
-    return fixed_n_interval(theta, halfsample_replicates(r, rounds, rng), len(r.x), m, confidence)
+    return _halfsample(fixed_n_interval, real, fake, rounds, seed, confidence)
 
 
 INTERVALS = {
