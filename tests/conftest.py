@@ -44,7 +44,7 @@ def kill_when(proc, ready, sig: int, group: bool = False, timeout: float = 600) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         if ready():
-            os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)
+            (os.killpg if group else os.kill)(proc.pid, sig)
             break
         time.sleep(0.05)
     proc.wait()

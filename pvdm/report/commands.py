@@ -205,7 +205,7 @@ def run_figures_all(args: argparse.Namespace) -> None:
     """The autoencoder curves (stage 1 then GAN), the diffusion loss, a sample strip and the held-out /
     reconstructed / generated comparison of experiment EXP, from and to the paths of the pipeline's layout
     (pvdm.dag.Layout) under the working directory."""
-    from pvdm.dag import FIGURES, Layout
+    from pvdm.dag import FIGURES, HELD_OUT_SPLIT, Layout
 
     def path(template: str, **w: object) -> Path:
         return Path(template.format(exp=args.exp, frames=args.frames, **w))
@@ -220,7 +220,7 @@ def run_figures_all(args: argparse.Namespace) -> None:
                                   keys=["loss"], logy=True, consecutive=False, title=f"latent diffusion ({args.exp})"))
     run_strip(argparse.Namespace(videos=clips, out=out["samples"], num_videos=6, max_frames=None,
                                  **{**common, "title": f"samples ({args.exp})"}))
-    run_compare(argparse.Namespace(real=path(Layout.data) / "test", autoencoder=args.autoencoder, generated=clips,
+    run_compare(argparse.Namespace(real=path(Layout.data) / HELD_OUT_SPLIT, autoencoder=args.autoencoder, generated=clips,
                                    out=out["compare"], num_videos=3, scale=None,
                                    **{**common, "title": f"held-out, reconstructed, generated ({args.exp})"}))
 
