@@ -1,10 +1,15 @@
-"""Samplers: DDPM ancestral and DDIM with eta (PVDM's time pairs) in one loop; long-video chaining.
+"""Samplers: DDPM ancestral, DDIM with eta (PVDM's time pairs) and DPM-Solver++(2M) in one loop;
+long-video chaining.
 
-A sampler is a named value, ``Sampler(name, steps, eta)`` (the config's ``sampling.sampler``):
-``ddpm`` walks all T steps with the ancestral update, ``ddim`` walks PVDM's ``steps`` time pairs with
-the DDIM update. ``sample`` is the one loop both share; ``_UPDATES`` maps a name to its update rule.
-The paper's numbers use DDIM with 400 steps and eta = 1 (docs/original-pvdm.md#sampling). Both clip
-the predicted x0 to [-1, 1] (the latents are tanh-bounded).
+A sampler is a named value, ``Sampler(name, steps, eta, spacing, clip)`` (the config's
+``sampling.sampler``): ``ddpm`` walks all T steps with the ancestral update, ``ddim`` walks PVDM's
+``steps`` time pairs with the DDIM update, ``dpmpp2m`` / ``dpmpp2m_sde`` walk ``steps`` time steps
+spaced uniformly in t or in log-SNR with the second-order multistep DPM-Solver++ update (Lu et al.
+2022, arXiv:2211.01095; its ODE form and the SDE form of its appendix) in data prediction. ``sample``
+is the one loop they share: per step one network evaluation, then ``_UPDATES[name]`` maps (x, x0_hat,
+eps_hat) to the next x, with a per-run ``memory`` dict for multistep solvers (the previous x0_hat).
+The paper's numbers use DDIM with 400 steps and eta = 1 (docs/original-pvdm.md#sampling). By default
+every sampler clips the predicted x0 to [-1, 1] (the latents are tanh-bounded).
 
 Every random draw of sample b comes from its own generator ``generators[b]`` (an int seed or a
 ``torch.Generator``), so a sample depends on its seed only, not on the batch it is drawn in.
@@ -13,6 +18,7 @@ Integer seeds make CPU generators: the same seed gives the same noise on any dev
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,36 +59,98 @@ def ddim_timesteps(steps: int, num_timesteps: int = 1000) -> list[tuple[int, int
     return list(zip(times[:-1], times[1:], strict=True))
 
 
+SPACINGS = ("time", "logsnr")
+
+
+def dpm_timesteps(steps: int, spacing: str, schedule: NoiseSchedule) -> list[tuple[int, int]]:
+    """DPM-Solver's evaluation times t_0 > ... > t_{steps-1} as (t, t_next) pairs; the last step goes to
+    the clean data (t_next = -1). ``time``: round(linspace(T-1, 0, steps+1)) without the final 0, as
+    diffusers' ``linspace`` spacing. ``logsnr``: the same in lambda = log(alpha / sigma) between
+    lambda(T-1) and lambda(0), each mapped to the nearest integer time step (the U-Net was trained on
+    integer t); an error when two of them land on one time step."""
+    n = schedule.num_timesteps
+    if not 2 <= steps <= n:
+        raise ValueError(f"sampler steps must be in [2, {n}] for a multistep DPM-Solver, got {steps}")
+    if spacing == "time":
+        times = torch.linspace(n - 1, 0, steps + 1, dtype=torch.float64).round().long().tolist()[:-1]
+    elif spacing == "logsnr":
+        lam = 0.5 * (schedule.alphas_cumprod / (1 - schedule.alphas_cumprod)).log()  # decreasing in t
+        targets = torch.linspace(lam[-1].item(), lam[0].item(), steps + 1, dtype=torch.float64)[:-1]
+        times = [int((lam - v).abs().argmin()) for v in targets.tolist()]
+    else:
+        raise ValueError(f"sampler spacing must be one of {list(SPACINGS)}, got {spacing!r}")
+    for i in range(1, len(times)):
+        if times[i] >= times[i - 1]:
+            raise ValueError(f"sampler spacing {spacing} with {steps} steps puts steps {i - 1} and {i} on time step "
+                             f"{times[i - 1]} of {n}: use fewer steps or spacing time")
+    return list(zip(times, [*times[1:], -1], strict=True))
+
+
 @dataclass(frozen=True)
 class Sampler:
-    """A named sampler: ``ddpm`` (ancestral, all T steps; eta unused) or ``ddim`` (``steps`` pairs, eta)."""
+    """A named sampler: ``ddpm`` (ancestral, all T steps), ``ddim`` (``steps`` pairs, ``eta``), ``dpmpp2m``
+    / ``dpmpp2m_sde`` (``steps`` evaluations at ``spacing``; eta unused). ``clip``: clip x0_hat to [-1, 1]."""
 
     name: str = "ddim"
     steps: int = 400
     eta: float = 1.0
+    spacing: str = "time"
+    clip: bool = True
 
     def __post_init__(self) -> None:
         if self.name not in _UPDATES:
             raise ValueError(f"unknown sampler {self.name!r}; choose one of {sorted(_UPDATES)}")
         if self.eta < 0:
             raise ValueError(f"sampler eta must be >= 0, got {self.eta}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"sampler spacing must be one of {list(SPACINGS)}, got {self.spacing!r}")
 
     @classmethod
-    def from_config(cls, d: Mapping[str, Any]) -> Sampler:
-        return cls(str(d["name"]), int(d["steps"]), float(d["eta"]))
+    def from_config(cls, d: Mapping[str, Any], num_timesteps: int = 1000) -> Sampler:
+        """The config's ``sampling.sampler``, checked against the schedule's T (steps, spacing) at once."""
+        sampler = cls(str(d["name"]), int(d["steps"]), float(d.get("eta", 1.0)), str(d.get("spacing", "time")),
+                      bool(d.get("clip", True)))
+        sampler.timesteps(num_timesteps)
+        return sampler
+
+    @property
+    def multistep(self) -> bool:
+        return self.name.startswith("dpmpp")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "steps": self.steps, "eta": self.eta}
+        """The sampler card. DDIM/DDPM cards keep their old keys (clip only when off): unchanged settings,
+        unchanged cards, no reruns."""
+        d: dict[str, Any] = {"name": self.name, "steps": self.steps}
+        if self.multistep:
+            d.update(spacing=self.spacing, clip=self.clip, order=2)
+        else:
+            d["eta"] = self.eta
+            if not self.clip:
+                d["clip"] = False
+        return d
 
     @property
     def label(self) -> str:
-        """Short name for folders and protocol cards: ``ddim400_eta1``, ``ddpm1000``."""
-        return f"ddim{self.steps}_eta{self.eta:g}" if self.name == "ddim" else f"ddpm{self.steps}"
+        """Short name for folders and protocol cards: ``ddim400_eta1``, ``ddpm1000``, ``dpmpp2m20_time``."""
+        if self.name == "ddim":
+            label = f"ddim{self.steps}_eta{self.eta:g}"
+        elif self.name == "ddpm":
+            label = f"ddpm{self.steps}"
+        else:
+            label = f"{self.name}{self.steps}_{self.spacing}"
+        return label if self.clip else f"{label}_noclip"
 
-    def timesteps(self, num_timesteps: int) -> list[tuple[int, int]]:
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations per clip (without guidance): one per step."""
+        return self.steps
+
+    def timesteps(self, num_timesteps: int = 1000, schedule: NoiseSchedule | None = None) -> list[tuple[int, int]]:
         """The (t, t_next) pairs the loop walks; t_next = -1 marks the last step."""
         if self.name == "ddim":
             return ddim_timesteps(self.steps, num_timesteps)
+        if self.multistep:
+            return dpm_timesteps(self.steps, self.spacing, schedule or NoiseSchedule(num_timesteps))
         if self.steps != num_timesteps:
             raise ValueError(f"the ddpm sampler walks all {num_timesteps} steps; got steps={self.steps}")
         return [(t, t - 1) for t in reversed(range(num_timesteps))]
@@ -104,7 +172,7 @@ Noise = Callable[[], torch.Tensor]
 
 def _ddpm_update(
     schedule: NoiseSchedule, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
-    t: torch.Tensor, step: int, step_next: int, eta: float, noise: Noise,
+    t: torch.Tensor, step: int, step_next: int, sampler: Sampler, noise: Noise, memory: dict,
 ) -> torch.Tensor:
     """x_{t-1} ~ q(x_{t-1} | x_t, x0_hat); the mean (no noise) at t = 0."""
     mean, log_var = schedule.q_posterior(x0, x, t)
@@ -113,7 +181,7 @@ def _ddpm_update(
 
 def _ddim_update(
     schedule: NoiseSchedule, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
-    t: torch.Tensor, step: int, step_next: int, eta: float, noise: Noise,
+    t: torch.Tensor, step: int, step_next: int, sampler: Sampler, noise: Noise, memory: dict,
 ) -> torch.Tensor:
     """sigma = eta * sqrt((1 - abar_t / abar_next) (1 - abar_next) / (1 - abar_t)),
     x_next = sqrt(abar_next) x0_hat + sqrt(1 - abar_next - sigma^2) eps_hat + sigma z; x0_hat at the end."""
@@ -121,13 +189,39 @@ def _ddim_update(
         return x0
     ac = schedule.alphas_cumprod
     a, a_next = ac[step].item(), ac[step_next].item()  # float64 scalars
-    sigma = eta * ((1 - a / a_next) * (1 - a_next) / (1 - a)) ** 0.5
+    sigma = sampler.eta * ((1 - a / a_next) * (1 - a_next) / (1 - a)) ** 0.5
     c = max(1 - a_next - sigma**2, 0.0) ** 0.5
     x = a_next**0.5 * x0 + c * eps
     return x + sigma * noise() if sigma > 0 else x
 
 
-_UPDATES = {"ddpm": _ddpm_update, "ddim": _ddim_update}
+def _dpmpp2m_update(
+    schedule: NoiseSchedule, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
+    t: torch.Tensor, step: int, step_next: int, sampler: Sampler, noise: Noise, memory: dict,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) from s = step to t = step_next, h = lambda_t - lambda_s, lambda = log(alpha / sigma):
+    D = x0_hat + (h / 2 h_prev) (x0_hat - x0_hat_prev) (first order, D = x0_hat, at the first step),
+    ODE: x_t = (sigma_t / sigma_s) x_s + alpha_t (1 - e^-h) D;
+    SDE: x_t = (sigma_t / sigma_s) e^-h x_s + alpha_t (1 - e^-2h) D + sigma_t sqrt(1 - e^-2h) z.
+    The last step, to sigma = 0, returns x0_hat (first order, as diffusers' ``final_sigmas_type="zero"``)."""
+    ac = schedule.alphas_cumprod
+    a_s = ac[step].item()  # float64 scalars
+    lam_s = 0.5 * math.log(a_s / (1 - a_s))
+    prev, memory["prev"] = memory.get("prev"), (lam_s, x0)
+    if step_next < 0:
+        return x0
+    a_t = ac[step_next].item()
+    lam_t = 0.5 * math.log(a_t / (1 - a_t))
+    h = lam_t - lam_s
+    d = x0 if prev is None else x0 + (0.5 * h / (lam_s - prev[0])) * (x0 - prev[1])
+    ratio = ((1 - a_t) / (1 - a_s)) ** 0.5  # sigma_t / sigma_s
+    if sampler.name == "dpmpp2m":
+        return ratio * x + a_t**0.5 * -math.expm1(-h) * d
+    return ratio * math.exp(-h) * x + a_t**0.5 * -math.expm1(-2 * h) * d + (
+        (1 - a_t) ** 0.5 * (-math.expm1(-2 * h)) ** 0.5) * noise()
+
+
+_UPDATES = {"ddpm": _ddpm_update, "ddim": _ddim_update, "dpmpp2m": _dpmpp2m_update, "dpmpp2m_sde": _dpmpp2m_update}
 
 
 @torch.no_grad()
@@ -139,7 +233,7 @@ def sample(
     cond: torch.Tensor | None = None,
     generators: Sequence[int | torch.Generator] | None = None,
     schedule: NoiseSchedule | None = None,
-    clip: bool = True,
+    clip: bool | None = None,
     guidance: float = 0.0,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -148,11 +242,14 @@ def sample(
     prediction: str = "eps",
 ) -> torch.Tensor:
     """Draw ``shape`` = ``[B, C, L]`` latents with ``sampler``: one loop for every sampler.
-    ``prediction`` says what the model outputs (eps or v; a U-Net's ``cfg.prediction``)."""
+    ``prediction`` says what the model outputs (eps or v; a U-Net's ``cfg.prediction``); ``clip``
+    overrides ``sampler.clip``."""
     if len(shape) < 2:
         raise ValueError(f"shape must be [B, ...], got {list(shape)}")
     schedule = schedule or NoiseSchedule()
-    pairs = sampler.timesteps(schedule.num_timesteps)
+    pairs = sampler.timesteps(schedule.num_timesteps, schedule)
+    clip = sampler.clip if clip is None else clip
+    memory: dict = {}  # per-run state of multistep solvers
     gens = make_generators(generators) if generators is not None else None
     device = torch.device(device or "cpu")
     update = _UPDATES[sampler.name]
@@ -167,7 +264,7 @@ def sample(
             eps, x0 = schedule.eps_and_x0(x, t, _predict(model, x, t, cond, guidance), prediction)
             if clip:
                 x0 = x0.clamp(-1.0, 1.0)
-            x = update(schedule, x, x0, eps, t, step, step_next, sampler.eta, noise)
+            x = update(schedule, x, x0, eps, t, step, step_next, sampler, noise, memory)
             bar.update(1)
             if callback is not None:
                 callback(i, len(pairs), x)

@@ -1,0 +1,157 @@
+"""FVD16 and wall time per clip of every sampler, on one trained model of the embedded default.
+
+For each sampler: N clips with the same per-sample seeds (``pvdm.sample.generate``, the pipeline's own
+sampling path), FVD16 against N real training clips under the pipeline's protocol (``fvd_files``: real
+I3D, 95% interval of E[FVD_N], real-vs-real floor at N), network evaluations, and seconds per clip
+(sampling + decoding, this process alone). Each sampler's result is its own JSON file: a killed run
+resumes with the samplers it has not finished.
+
+    python benchmarks/bench_samplers.py --run results/mnist            # a finished `snakemake --cores 2`
+    python benchmarks/bench_samplers.py --run results/mnist --quick    # 2 samplers, 32 clips (a minute)
+    python benchmarks/bench_samplers.py --report-only                  # table + plot from the JSON files
+
+Writes benchmarks/results/samplers/{<label>.json, samplers.md, samplers.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pvdm.diffusion.samplers import Sampler
+from pvdm.utils.io import atomic_write_json
+
+OUT = Path(__file__).parent / "results" / "samplers"
+PAPER = Sampler("ddim", 400, 1.0)
+# The paper's sampler first (the reference), then the cheap ones, then the expensive rest.
+SAMPLERS = [
+    PAPER,
+    Sampler("dpmpp2m", 25, spacing="time"), Sampler("dpmpp2m", 25, spacing="logsnr"),
+    Sampler("ddim", 25, 1.0), Sampler("ddim", 50, 1.0),
+    Sampler("dpmpp2m", 10, spacing="time"), Sampler("dpmpp2m", 10, spacing="logsnr"),
+    Sampler("dpmpp2m", 15, spacing="time"), Sampler("dpmpp2m", 15, spacing="logsnr"),
+    Sampler("dpmpp2m", 20, spacing="time"), Sampler("dpmpp2m", 20, spacing="logsnr"),
+    Sampler("dpmpp2m", 50, spacing="time"),
+    Sampler("dpmpp2m_sde", 25, spacing="time"), Sampler("dpmpp2m_sde", 25, spacing="logsnr"),
+    Sampler("dpmpp2m_sde", 50, spacing="time"),
+    Sampler("ddim", 100, 1.0), Sampler("ddim", 25, 0.0), Sampler("ddim", 50, 0.0),
+    Sampler("ddim", 400, 0.0),
+]
+QUICK = [Sampler("ddim", 25, 1.0), Sampler("dpmpp2m", 10, spacing="logsnr")]
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def measure(sampler: Sampler, run: Path, n: int, batch: int, work: Path) -> dict:
+    from pvdm.eval.fvd import fvd_files
+    from pvdm.sample import generate
+
+    out = work / sampler.label
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    generate(run / "autoencoder" / "gan" / "model.pt", run / "diffusion" / "ema.pt", out, num_videos=n, frames=16,
+             sampler=sampler, seed=0, batch_size=batch, device="cpu", weights="ema")
+    seconds = time.perf_counter() - t0
+    record = fvd_files(run / "data" / "train", out / "clips", work / f"{sampler.label}.fvd.json", num_videos=n,
+                       frames=16, floor_videos=n, device="cpu", cache_dir=work / "features", dataset="moving_mnist",
+                       split="train")
+    shutil.rmtree(out)
+    return {"sampler": sampler.to_dict(), "label": sampler.label, "evaluations": sampler.evaluations, "n": n,
+            "fvd": record.value, "interval95": list(record.interval95 or []), "floor": record.real_floor.value
+            if record.real_floor else None, "seconds_per_clip": seconds / n, "batch": batch, "cpu": cpu_name(),
+            "model": str(run / "diffusion" / "ema.pt")}
+
+
+def report(results: list[dict], out: Path) -> None:
+    """samplers.md (table) and samplers.png (FVD against network evaluations)."""
+    paper = next((r for r in results if r["label"] == PAPER.label), None)
+    rows = sorted(results, key=lambda r: (r["sampler"]["name"], r["evaluations"], r["label"]))
+    lines = [f"Model: {results[0]['model']} (embedded default); N = {results[0]['n']} generated vs N real training "
+             f"clips; machine: {results[0]['cpu']}; real-vs-real floor at this N: {results[0]['floor']:.1f}.", "",
+             "| sampler | network evals | FVD16 [95% interval] | overlaps the paper's sampler | s per clip |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["interval95"]
+        overlap = "" if paper is None or r is paper else (
+            "yes" if lo <= paper["interval95"][1] and paper["interval95"][0] <= hi else "no")
+        lines.append(f"| {r['label']} | {r['evaluations']} | {r['fvd']:.1f} [{lo:.1f}, {hi:.1f}] | {overlap} | "
+                     f"{r['seconds_per_clip']:.3f} |")
+    (out / "samplers.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    families: dict[str, list[dict]] = {}
+    for r in results:
+        s = r["sampler"]
+        key = f"ddim eta {s['eta']:g}" if s["name"] == "ddim" else f"{s['name']} ({s.get('spacing')})"
+        families.setdefault(key, []).append(r)
+    for key, rs in sorted(families.items()):
+        rs = sorted(rs, key=lambda r: r["evaluations"])
+        x = [r["evaluations"] for r in rs]
+        y = [r["fvd"] for r in rs]
+        err = [[r["fvd"] - r["interval95"][0] for r in rs], [r["interval95"][1] - r["fvd"] for r in rs]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=key)
+    if paper is not None:
+        ax.axhspan(*paper["interval95"], color="grey", alpha=0.2, label="ddim 400 eta 1 (paper), 95% interval")
+    ax.axvline(50, color="k", ls=":", lw=1)
+    ax.set(xscale="log", xlabel="network evaluations per clip", ylabel=f"FVD16 (N = {results[0]['n']})",
+           title="Samplers on the embedded default's U-Net")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "samplers.png", dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, help="results/<experiment> of a finished embedded-default run")
+    ap.add_argument("--num-videos", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--quick", action="store_true", help="2 samplers, 32 clips, results in a temp folder")
+    ap.add_argument("--only", nargs="*", help="labels to run (default: all)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    out = args.out if not args.quick else args.out.parent / "samplers_quick"
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        if args.run is None or not (args.run / "diffusion" / "ema.pt").is_file():
+            ap.error(f"--run {args.run}: needs <run>/diffusion/ema.pt, <run>/autoencoder/gan/model.pt, <run>/data")
+        samplers, n = (QUICK, 32) if args.quick else (SAMPLERS, args.num_videos)
+        for s in samplers:
+            path = out / f"{s.label}.json"
+            if path.exists() or (args.only and s.label not in args.only):
+                continue
+            print(f"[bench_samplers] {s.label}: {n} clips", flush=True)
+            r = measure(s, args.run, n, args.batch, out / "work")
+            atomic_write_json(path, r)
+            print(f"[bench_samplers] {s.label}: FVD16 {r['fvd']:.1f} {r['interval95']}, "
+                  f"{r['seconds_per_clip']:.3f} s/clip", flush=True)
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    if not results:
+        print(f"no results in {out}", file=sys.stderr)
+        return 1
+    report(results, out)
+    print((out / "samplers.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
