@@ -79,12 +79,18 @@ def find_rate(rates: dict[str, Any], name: str, per_gpu_batch: int | None, measu
     return Rate(None, None, f": no {name} measured")
 
 
+def per_gpu_batch(e: ExperimentDag, rule: str, batch: int) -> tuple[int, int]:
+    """(GPUs of a job of ``rule``, the batch each of them runs): the global ``batch`` split over the
+    job's processes (one per GPU; a CPU job counts as one device per process)."""
+    devices = max(e.job(rule)["nproc"], 1)
+    return devices, batch // devices
+
+
 def training_cost(e: ExperimentDag, rule: str, section: dict[str, Any], rate_name: str, rates: dict[str, Any],
                   measured_on: str | None, what: str) -> RuleCost:
     """GPU-hours of a training rule: its G GPUs each run ``steps x B / G x grad_accum`` clips or samples."""
     job = e.job(rule)
-    gpus = max(job["nproc"], 1)
-    per_gpu = section["batch_size"] // gpus
+    gpus, per_gpu = per_gpu_batch(e, rule, section["batch_size"])
     accum = section.get("grad_accum", 1)
     r = find_rate(rates, rate_name, per_gpu, measured_on)
     basis = (f"{section['steps']:,} steps x batch {section['batch_size']} / {gpus} GPU(s) = {per_gpu} per GPU"
@@ -107,7 +113,8 @@ def sampling_costs(e: ExperimentDag, rates: dict[str, Any], measured_on: str | N
         out.append(RuleCost("sample", len(e.shards(frames)), e.job("sample")["gpu"],
                             None if seconds is None else seconds / 3600,
                             f"{kind}{frames}: {n:,} videos x {k} clip(s) x {e.sampler.label}"
-                            + (f" at {r.value:.3g} s per 400-step clip (batch {batch}), scaled by steps{r.note}"
+                            + (f" at {r.value:.3g} s per 400-step clip{'' if r.note else f' (batch {batch})'}, "
+                               f"scaled by steps{r.note}"
                                if r.value else r.note), r.measured_on))
     return out
 
