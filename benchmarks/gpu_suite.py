@@ -138,7 +138,7 @@ class Suite:
         self.warmup, self.repeats = REPEATS[args.scale]
         self.work = Path(tempfile.mkdtemp(prefix="pvdm_gpu_suite_"))
         ae = self.exp["autoencoder"]["model"]
-        clips = max(8, 2 * max(self.batches.values()))
+        clips = max(8, 2 * max(self.batches["ae_stage1"], self.batches["ae_gan"]))  # only the trainers read clips
         frames = max(self.exp["data"]["clip_frames"], ae["frames"])
         self.train = synthetic_store(self.work / "data" / "train", clips, frames, ae["resolution"])
         self.test = synthetic_store(self.work / "data" / "test", 2, frames, ae["resolution"])
