@@ -25,9 +25,10 @@ _claimed: list[int] = []  # the visible index of the GPU slot this process took 
 
 def resolve_device(device: str | None = None, local_rank: int | None = None, world_size: int | None = None
                    ) -> torch.device:
-    """The device of this process from a ``--device`` value: None = this rank's GPU if there is one,
-    else the CPU; ``cuda`` = this rank's GPU (``cuda:LOCAL_RANK``); ``cuda:K`` = GPU K, for one
-    process only (several processes would all land on it). Errors name the value."""
+    """The device of this process from a ``--device`` value: None = ``cuda`` if there is a GPU, else
+    the CPU; ``cuda`` = this rank's GPU (``cuda:LOCAL_RANK``) in a multi-process job, a free GPU
+    (``local_gpu_slot``) for a single process; ``cuda:K`` = GPU K, for one process only (several
+    processes would all land on it). Errors name the value."""
     local = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
     world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
     if device is None and not torch.cuda.is_available():
