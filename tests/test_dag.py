@@ -151,28 +151,3 @@ def test_schema_ships_inside_a_non_editable_install(tmp_path):
     assert int(bootstrap) == load_config(REPO / "config" / "config.yaml")["experiments"]["mnist"]["eval"]["bootstrap"]
 
 
-def test_cost_plan_from_measured_rates(tmp_path):
-    from pvdm.report.cost import plan_costs, to_markdown
-
-    cfg = load_config(REPO / "config" / "ucf101.yaml")
-    costs, on = plan_costs(cfg, tmp_path / "absent.json")  # no measurement: the paper's sampling figure only
-    by_rule = {(c.rule, c.basis.split(":")[0]): c for c in costs}
-    clips = by_rule[("sample", "model16")]
-    assert clips.jobs == 16 and clips.gpus_per_job == 1 and clips.gpu_hours == pytest.approx(2048 * 20.4 / 3600)
-    assert by_rule[("sample", "model128")].gpu_hours == pytest.approx(2048 * 8 * 20.4 / 3600)
-    train = next(c for c in costs if c.rule == "train_diffusion")
-    assert train.gpu_hours is None and train.gpus_per_job == 8 and "not measured" in to_markdown(costs, on)
-    rates = {"unet_train_samples_per_s": {"value": 100.0}, "ae_train_clips_per_s": {"value": 10.0},
-             "sample_s_per_clip": {"value": 4.0}, "i3d_16f_clips_per_s": {"value": 320.0}}
-    measured = {"valid_for_planning": True, "measured_on": {"gpu": "H200", "torch": "2.14", "date": "2026-11-30"},
-                "rates": rates}
-    (tmp_path / "t.json").write_text(json.dumps(measured))
-    costs, on = plan_costs(cfg, tmp_path / "t.json")
-    hours = {(c.rule, c.basis.split(":")[0]): c.gpu_hours for c in costs}
-    assert next(c for c in costs if c.rule == "train_diffusion").gpu_hours == pytest.approx(850_000 * 64 / 100 / 3600)
-    assert hours[("sample", "model16")] == pytest.approx(2048 * 4.0 / 3600) and "H200" in on
-    assert next(c for c in costs if c.rule == "train_autoencoder").gpu_hours == pytest.approx(250_000 * 24 / 10 / 3600)
-    measured["valid_for_planning"] = False
-    (tmp_path / "t.json").write_text(json.dumps(measured))
-    with pytest.raises(ValueError, match="not measured at paper scale on a GPU"):
-        plan_costs(cfg, tmp_path / "t.json")

@@ -32,7 +32,7 @@ import pvdm
 from pvdm.data.loader import quantize_uint8 as quantize_uint8  # re-exported: the one quantisation
 from pvdm.eval.intervals import MIN_HALFSAMPLE_N, expected_bias, fixed_n
 from pvdm.eval.records import FVDRecord, RealFloor
-from pvdm.utils.device import default_device
+from pvdm.utils.device import default_device, metric_numerics
 from pvdm.utils.io import atomic_path
 from pvdm.utils.progress import Progress
 
@@ -175,28 +175,23 @@ def compute_features(
     total = n if n is not None else total
     feats: list[np.ndarray] = []
     frames = None
-    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        with Progress(total, desc) as bar, torch.inference_mode():
-            for arr in batches:
-                arr = np.asarray(arr)
-                if arr.dtype != np.uint8 or arr.ndim != 5:
-                    raise ValueError(f"expected uint8 clips [N, T, H, W, C], got {arr.dtype} {arr.shape}")
-                if frames is None:
-                    frames = arr.shape[1]
-                    batch_size = batch_size or auto_batch_size(frames, device)
-                elif arr.shape[1] != frames:
-                    raise ValueError(
-                        f"mismatched frame counts: clips with {frames} and {arr.shape[1]} frames"
-                    )
-                for i in range(0, len(arr), batch_size):
-                    x = torch.from_numpy(np.ascontiguousarray(arr[i : i + batch_size])).to(device)
-                    y = model(preprocess(x, resize_mode))  # b 400
-                    feats.append(y.double().cpu().numpy())
-                    bar.update(len(y))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    with metric_numerics(), Progress(total, desc) as bar, torch.inference_mode():
+        for arr in batches:
+            arr = np.asarray(arr)
+            if arr.dtype != np.uint8 or arr.ndim != 5:
+                raise ValueError(f"expected uint8 clips [N, T, H, W, C], got {arr.dtype} {arr.shape}")
+            if frames is None:
+                frames = arr.shape[1]
+                batch_size = batch_size or auto_batch_size(frames, device)
+            elif arr.shape[1] != frames:
+                raise ValueError(
+                    f"mismatched frame counts: clips with {frames} and {arr.shape[1]} frames"
+                )
+            for i in range(0, len(arr), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(arr[i : i + batch_size])).to(device)
+                y = model(preprocess(x, resize_mode))  # b 400
+                feats.append(y.double().cpu().numpy())
+                bar.update(len(y))
     if not feats:
         raise ValueError("no clips given")
     out = np.concatenate(feats)

@@ -26,6 +26,7 @@ import torch
 
 from pvdm.eval import c3d
 from pvdm.eval.records import ISRecord
+from pvdm.utils.device import metric_numerics
 from pvdm.utils.progress import Progress
 
 log = logging.getLogger("pvdm.inception")
@@ -75,19 +76,14 @@ def c3d_probabilities(
     total = len(videos) if isinstance(videos, np.ndarray) else total
     out: list[np.ndarray] = []
     # TF32 would move the logits; keep GPU results at float32 precision like the CPU ones.
-    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        with Progress(total, "C3D probabilities") as bar, torch.inference_mode():
-            for arr in batches:
-                arr = np.asarray(arr)
-                for i in range(0, len(arr), batch_size):
-                    x = torch.from_numpy(np.ascontiguousarray(arr[i : i + batch_size])).to(device)
-                    logits = model(c3d.preprocess(x, model.mean, mapping))  # b 101
-                    out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-                    bar.update(len(x))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    with metric_numerics(), Progress(total, "C3D probabilities") as bar, torch.inference_mode():
+        for arr in batches:
+            arr = np.asarray(arr)
+            for i in range(0, len(arr), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(arr[i : i + batch_size])).to(device)
+                logits = model(c3d.preprocess(x, model.mean, mapping))  # b 101
+                out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+                bar.update(len(x))
     if not out:
         raise ValueError("no videos given")
     probs = np.concatenate(out).astype(np.float32)

@@ -19,6 +19,7 @@ from pvdm.data.loader import to_model_range, to_uint8
 from pvdm.data.store import ClipStore
 from pvdm.eval.records import ReconRecord
 from pvdm.eval.video_metrics import lpips_video, psnr, ssim
+from pvdm.utils.device import metric_numerics
 from pvdm.utils.io import sha256_file
 
 
@@ -65,14 +66,15 @@ def recon_metrics(
     Metrics are computed on the uint8-quantised reconstructions, what a user would save and view.
     """
     scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": []}
-    for real, rec in reconstruct(model, store, num_videos, frames, batch_size, device):
-        x = torch.from_numpy(real).permute(0, 4, 1, 2, 3)  # b c t h w uint8
-        y = torch.from_numpy(rec).permute(0, 4, 1, 2, 3)
-        scores["psnr"] += psnr(x, y).tolist()
-        scores["ssim"] += ssim(x, y).tolist()
-        if with_lpips:  # every frame, averaged per video
-            x, y = (to_model_range(torch.from_numpy(v)).to(device) for v in (real, rec))
-            scores["lpips"] += lpips_video(x, y).tolist()
+    with metric_numerics():  # float32 on a GPU too (no TF32)
+        for real, rec in reconstruct(model, store, num_videos, frames, batch_size, device):
+            x = torch.from_numpy(real).permute(0, 4, 1, 2, 3)  # b c t h w uint8
+            y = torch.from_numpy(rec).permute(0, 4, 1, 2, 3)
+            scores["psnr"] += psnr(x, y).tolist()
+            scores["ssim"] += ssim(x, y).tolist()
+            if with_lpips:  # every frame, averaged per video
+                x, y = (to_model_range(torch.from_numpy(v)).to(device) for v in (real, rec))
+                scores["lpips"] += lpips_video(x, y).tolist()
     out = {k: float(np.mean(v)) for k, v in scores.items() if v}
     out["num_videos"] = min(num_videos, len(store))
     return out

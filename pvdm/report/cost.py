@@ -1,10 +1,17 @@
 """What a config's DAG costs: jobs, GPUs per job and GPU-hours per rule (`pvdm plan`).
 
-GPU-hours come from measured rates only: ``benchmarks/results/throughput.json`` (written by
-``benchmarks/gpu_suite.py`` on a GPU; its ``rates`` section, with the GPU it was measured on) and,
-where nothing was measured, the figures the PVDM paper publishes (marked as such). A rule without
-a rate says "not measured" instead of guessing. Hours are single-GPU hours: a job on N GPUs takes
-about hours / N of wall time if it scales linearly (not measured either).
+The one cost model of the project. GPU-hours come from measured rates only:
+``benchmarks/results/throughput.json`` (written by ``benchmarks/gpu_suite.py`` on a GPU; its ``rates``
+section, with the GPU it was measured on) and, where nothing was measured, the figures the PVDM paper
+publishes (marked as such). A rule without a rate says "not measured" instead of guessing.
+
+Rates are per GPU, measured at the batch one GPU runs: a training job of global batch B on G GPUs
+runs B / G per GPU (the paper's autoencoder: 8 clips on 8 GPUs = 1 per GPU; its U-Net: 64 samples on 8
+GPUs = 8 per GPU), and a rate measured at another per-GPU batch does not apply (small batches use a
+GPU less well: reading a rate at the global batch gives too few GPU-hours). A training job takes
+``steps x (B / G) x grad_accum / rate`` seconds of wall time on each of its G GPUs, i.e. G times that
+in GPU-hours (linear scaling over GPUs assumed, not measured). A rate entry is
+``{"value": ..., "per_gpu_batch": b, ...}``; a rate may hold a list of them (one per batch measured).
 """
 
 from __future__ import annotations
@@ -47,63 +54,101 @@ def load_rates(path: str | os.PathLike | None = None) -> tuple[dict[str, Any], s
     return data.get("rates", {}), f"{on.get('gpu') or on.get('device')} (torch {on.get('torch')}, {on.get('date')})"
 
 
+@dataclass
+class Rate:
+    """A rate looked up for one rule: its value (None = none applies) and what to say about it."""
+
+    value: float | None
+    measured_on: str | None
+    note: str
+
+
+def find_rate(rates: dict[str, Any], name: str, per_gpu_batch: int | None, measured_on: str | None) -> Rate:
+    """The rate ``name`` measured at ``per_gpu_batch`` (None: any batch), else the published figure."""
+    entries = rates.get(name, [])
+    entries = [entries] if isinstance(entries, dict) else entries
+    for entry in entries:
+        if per_gpu_batch is None or entry.get("per_gpu_batch") == per_gpu_batch:
+            return Rate(float(entry["value"]), measured_on, "")
+    if name in PUBLISHED:
+        return Rate(PUBLISHED[name]["value"], PUBLISHED[name]["measured_on"], " (published figure)")
+    batches = sorted({str(e.get("per_gpu_batch", "unknown")) for e in entries})
+    if entries:
+        return Rate(None, None, f": {name} measured at per-GPU batch {', '.join(batches)}, not "
+                                f"{per_gpu_batch}: not measured")
+    return Rate(None, None, f": no {name} measured")
+
+
+def per_gpu_batch(e: ExperimentDag, rule: str, batch: int) -> tuple[int, int]:
+    """(GPUs of a job of ``rule``, the batch each of them runs): the global ``batch`` split over the
+    job's processes (one per GPU; a CPU job counts as one device per process)."""
+    devices = max(e.job(rule)["nproc"], 1)
+    return devices, batch // devices
+
+
+def training_cost(e: ExperimentDag, rule: str, section: dict[str, Any], rate_name: str, rates: dict[str, Any],
+                  measured_on: str | None, what: str) -> RuleCost:
+    """GPU-hours of a training rule: its G GPUs each run ``steps x B / G x grad_accum`` clips or samples."""
+    job = e.job(rule)
+    gpus, per_gpu = per_gpu_batch(e, rule, section["batch_size"])
+    accum = section.get("grad_accum", 1)
+    r = find_rate(rates, rate_name, per_gpu, measured_on)
+    basis = (f"{section['steps']:,} steps x batch {section['batch_size']} / {gpus} GPU(s) = {per_gpu} per GPU"
+             + (f" x {accum} micro-batches" if accum > 1 else ""))
+    if r.value is None:
+        return RuleCost(rule, 1, job["gpu"], None, basis + r.note)
+    wall_s = section["steps"] * per_gpu * accum / r.value
+    return RuleCost(rule, 1, job["gpu"], gpus * wall_s / 3600,
+                    f"{basis}, at {r.value:.3g} {what}/s per GPU{r.note}; {gpus} GPU(s) x wall", r.measured_on)
+
+
+def sampling_costs(e: ExperimentDag, rates: dict[str, Any], measured_on: str | None) -> list[RuleCost]:
+    """One row per sample set: clips x seconds per clip at the sampling batch (one GPU per shard)."""
+    out = []
+    batch = e.cfg["sampling"]["batch_size"]
+    r = find_rate(rates, "sample_s_per_clip", batch, measured_on)  # one 16-frame clip, 400 DDIM steps, decode incl.
+    for kind, frames in e.sample_runs():
+        n, k = e.sample_count(frames), frames // e.clip_length
+        seconds = n * k * r.value * e.sampler.steps / 400 if r.value else None
+        out.append(RuleCost("sample", len(e.shards(frames)), e.job("sample")["gpu"],
+                            None if seconds is None else seconds / 3600,
+                            f"{kind}{frames}: {n:,} videos x {k} clip(s) x {e.sampler.label}"
+                            + (f" at {r.value:.3g} s per 400-step clip{'' if r.note else f' (batch {batch})'}, "
+                               f"scaled by steps{r.note}"
+                               if r.value else r.note), r.measured_on))
+    return out
+
+
 def experiment_costs(e: ExperimentDag, rates: dict[str, Any], measured_on: str | None) -> list[RuleCost]:
     cfg, out = e.cfg, []
-
-    def rate(name: str) -> tuple[float | None, str | None]:
-        if name in rates:
-            return rates[name]["value"], measured_on
-        if name in PUBLISHED:
-            return PUBLISHED[name]["value"], PUBLISHED[name]["measured_on"]
-        return None, None
-
-    def add(rule: str, jobs: int, seconds: float | None, basis: str, on: str | None) -> None:
-        out.append(RuleCost(rule, jobs, e.job(rule)["gpu"], None if seconds is None else seconds / 3600, basis, on))
-
     if e.trains_autoencoder:
-        s1 = cfg["autoencoder"]["stage1"]
-        clips = s1["steps"] * s1["batch_size"] * s1["grad_accum"]
-        r, on = rate("ae_train_clips_per_s")
-        add("train_autoencoder", 1, clips / r if r else None,
-            f"{s1['steps']:,} steps x {s1['batch_size'] * s1['grad_accum']} clips = {clips:,} clips"
-            + (f" / {r:.3g} clips/s" if r else ": no autoencoder training rate measured"), on)
+        out.append(training_cost(e, "train_autoencoder", cfg["autoencoder"]["stage1"], "ae_train_clips_per_s", rates,
+                                 measured_on, "clips"))
     if e.has_gan:
-        g = cfg["autoencoder"]["gan"]
-        clips = g["steps"] * g["batch_size"] * g["grad_accum"]
-        r, on = rate("ae_train_clips_per_s")
-        add("finetune_gan", 1, 3 * clips / r if r else None,
-            f"at most {g['steps']:,} steps (early stopping usually ends sooner) x {g['batch_size'] * g['grad_accum']} "
-            f"clips, counted as 3 autoencoder steps each (G + D phases, discriminators)"
-            + (f" at {r:.3g} clips/s" if r else ": no rate measured"), on)
+        row = training_cost(e, "finetune_gan", cfg["autoencoder"]["gan"], "gan_train_clips_per_s", rates,
+                            measured_on, "clips (G + D phases)")
+        row.basis = "at most " + row.basis + "; early stopping usually ends sooner; evaluations not counted"
+        out.append(row)
     if "diffusion" in cfg and not e.released:
-        t = cfg["diffusion"]["train"]
-        samples = t["steps"] * t["batch_size"]
-        r, on = rate("unet_train_samples_per_s")
-        add("train_diffusion", 1, samples / r if r else None,
-            f"{t['steps']:,} steps x batch {t['batch_size']} = {samples:,} samples"
-            + (f" / {r:.3g} samples/s" if r else ": no U-Net training rate measured")
-            + "; the latent cache (one encode per clip window) not counted", on)
+        row = training_cost(e, "train_diffusion", cfg["diffusion"]["train"], "unet_train_samples_per_s", rates,
+                            measured_on, "samples")
+        row.basis += "; the latent cache (one encode per clip window) not counted"
+        out.append(row)
     if e.samples:
-        sampler = e.sampler
-        per_clip, on = rate("sample_s_per_clip")  # one 16-frame clip, 400 DDIM steps, decode included
-        for kind, frames in e.sample_runs():
-            n, k = e.sample_count(frames), frames // e.clip_length
-            seconds = n * k * per_clip * sampler.steps / 400 if per_clip else None
-            add("sample", len(e.shards(frames)), seconds,
-                f"{kind}{frames}: {n:,} videos x {k} clip(s) x {sampler.label}"
-                + (f" at {per_clip:.3g} s per 400-step clip, scaled by steps" if per_clip else ": not measured"), on)
+        out += sampling_costs(e, rates, measured_on)
     if e.evaluates:
-        r, on = rate("i3d_16f_clips_per_s")
+        r = find_rate(rates, "i3d_16f_clips_per_s", None, measured_on)
         n = cfg["eval"]["recon_videos"]
-        add("eval_recon", 1, 2 * n / r if r else None,
-            f"2 x {n:,} clips (held-out + reconstructions) through I3D" + (f" at {r:.3g} clips/s" if r else
-                                                                          ": not measured")
-            + "; the reconstructions themselves not counted", on)
+        out.append(RuleCost("eval_recon", 1, e.job("eval_recon")["gpu"], 2 * n / r.value / 3600 if r.value else None,
+                            f"2 x {n:,} clips (held-out + reconstructions) through I3D"
+                            + (f" at {r.value:.3g} clips/s" if r.value else r.note)
+                            + "; the reconstructions themselves not counted", r.measured_on))
         for kind, frames in e.sample_runs():
             n = e.fvd_count(frames)
-            add("eval_fvd", 1, 2 * n * frames / 16 / r if r else None,
-                f"fvd{frames}_{kind}: 2 x {n:,} clips through I3D" + (f" at {r:.3g} 16-frame clips/s" if r else
-                                                                       ": not measured"), on)
+            out.append(RuleCost("eval_fvd", 1, e.job("eval_fvd")["gpu"],
+                                2 * n * frames / 16 / r.value / 3600 if r.value else None,
+                                f"fvd{frames}_{kind}: 2 x {n:,} clips through I3D"
+                                + (f" at {r.value:.3g} 16-frame clips/s" if r.value else r.note), r.measured_on))
     return out
 
 

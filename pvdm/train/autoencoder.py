@@ -68,7 +68,8 @@ def train_autoencoder(
                "test_store": test_store.fingerprint(), "init_sha256": sha256_file(init) if init is not None else None}
     with TrainingRun(
         out_dir, run_cfg, seed=exp["seed"], steps=tcfg["steps"], save_every=tcfg["save_every"],
-        log_every=tcfg["log_every"], max_steps=max_steps, device=device, desc=f"autoencoder {stage}",
+        log_every=tcfg["log_every"], max_steps=max_steps, device=device, amp=tcfg["amp"],
+        desc=f"autoencoder {stage}",
     ) as run:
         run.check_batch(tcfg["batch_size"], f"autoencoder.{stage}.batch_size")
         trainer = StageTrainer(run, exp, stage, model_cfg, train_store, test_store, init, out_dir)
@@ -106,15 +107,14 @@ class StageTrainer:
             **gan_settings,
         ).to(run.device)
         self.opt_g = adamw(self.model.parameters(), tcfg)
-        fp16 = run.device.type == "cuda" and tcfg["amp"] == "fp16"
-        self.scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.scaler_g = run.precision.scaler()  # fp16 loss scaling (a pass-through otherwise)
         run.register(model=self.model, opt_g=self.opt_g, scaler_g=self.scaler_g)
         self.stopper = self.guard = None
         if self.gan:
-            self._add_discriminators(fp16)
+            self._add_discriminators()
         self.frames, self.accum = model_cfg.frames, tcfg["grad_accum"]
 
-    def _add_discriminators(self, fp16: bool) -> None:
+    def _add_discriminators(self) -> None:
         run, loss_fn, tcfg = self.run, self.loss_fn, self.tcfg
         for name in ("discriminator_2d", "discriminator_3d"):
             setattr(loss_fn, name, distributed.sync_batchnorm(getattr(loss_fn, name), run.dist))
@@ -122,7 +122,7 @@ class StageTrainer:
             log.info("discriminator batch statistics over all ranks: %s",
                      "SyncBatchNorm" if run.device.type == "cuda" else "CrossRankBatchNorm (gloo)")
         self.opt_d = adamw([*loss_fn.discriminator_2d.parameters(), *loss_fn.discriminator_3d.parameters()], tcfg)
-        self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.scaler_d = run.precision.scaler()
         self.stopper = EarlyStopping(tcfg["monitor"], tcfg["patience"], tcfg["min_delta"])
         self.guard = DivergenceGuard(tcfg["spike_factor"])
         run.register(opt_d=self.opt_d, scaler_d=self.scaler_d, discriminator_2d=loss_fn.discriminator_2d,
@@ -173,7 +173,7 @@ class StageTrainer:
         g_terms: dict[str, float] = {}
         for j in range(self.accum):
             x = self.micro_batch(micro + j)
-            with self.run.autocast(self.tcfg["amp"]):
+            with self.run.autocast():
                 x_hat = self.ddp_model(x)
                 terms = self.loss_fn.generator_loss(x, x_hat.float(), gan_active=self.gan, last_layer=self.last_layer,
                                                     frame_index=self.frame_index(gen))
@@ -231,9 +231,9 @@ def discriminator_step(
     opt_d.zero_grad(set_to_none=True)  # drops the grads the G phase wrote into D
     total = 0.0
     for x, index in zip(micro_batches, frame_indices, strict=True):
-        with torch.no_grad(), run.autocast(tcfg["amp"]):
+        with torch.no_grad(), run.autocast():
             x_hat = model(x)
-        with run.autocast(tcfg["amp"]):
+        with run.autocast():
             d_terms = loss_fn.discriminator_loss(x, x_hat.float(), frame_index=index)
         scaler_d.scale(d_terms["total"] / len(micro_batches)).backward()
         total += d_terms["total"].item() / len(micro_batches)

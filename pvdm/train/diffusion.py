@@ -117,7 +117,7 @@ def train_diffusion(
     run_cfg = {"seed": exp["seed"], "diffusion": dcfg, "train_store": store_sha, "autoencoder_sha256": ae_sha}
     with TrainingRun(
         out_dir, run_cfg, seed=exp["seed"], steps=tcfg["steps"], save_every=tcfg["save_every"],
-        log_every=tcfg["log_every"], max_steps=max_steps, device=device, desc="diffusion",
+        log_every=tcfg["log_every"], max_steps=max_steps, device=device, amp=tcfg["amp"], desc="diffusion",
     ) as run:
         run.check_batch(tcfg["batch_size"], "diffusion.train.batch_size")
         ae = load_autoencoder(autoencoder, map_location="cpu").to(run.device).eval().requires_grad_(False)
@@ -129,8 +129,7 @@ def train_diffusion(
         initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         ema = EMA(model, tcfg["ema_decay"], tcfg["ema_every"])
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
-        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
-        scaler = torch.amp.GradScaler("cuda", enabled=run.device.type == "cuda" and tcfg["amp"] == "fp16")
+        scaler = run.precision.scaler()  # fp16 gradients underflow without loss scaling; a no-op otherwise
         run.register(model=model, opt=opt, ema=ema, scaler=scaler)
         run.resume()
         ddp_model = model
@@ -181,7 +180,7 @@ class LatentBatches:
             return self._cached(step, gen, conditional)
         t, device = self.t, self.run.device
         x = to_model_range(self.batches.get(step).to(device, non_blocking=True))  # b c T h w
-        with torch.no_grad(), self.run.autocast(self.tcfg["amp"]):
+        with torch.no_grad(), self.run.autocast():
             if conditional:
                 return self.ae.encode(x[:, :, t : 2 * t]).float(), self.ae.encode(x[:, :, :t]).float()
             s = int(torch.randint(0, x.shape[2] - t + 1, (), generator=gen))
@@ -210,7 +209,7 @@ def unet_update(ddp_model: torch.nn.Module, model: TriplaneUNet, opt: torch.opti
     batch = tcfg["batch_size"]
     tt = torch.randint(0, schedule.num_timesteps, (batch,), generator=noise_gen)[local].to(run.device)
     noise = torch.randn((batch, *z.shape[1:]), generator=noise_gen)[local].to(run.device)
-    with run.autocast(tcfg["amp"]):
+    with run.autocast():
         loss = training_loss(ddp_model, z, t=tt, noise=noise, cond=c, loss_type=tcfg["loss"], schedule=schedule,
                              prediction=cfg.prediction, min_snr_gamma=tcfg["min_snr_gamma"])
     opt.zero_grad(set_to_none=True)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
-from pvdm.utils.device import resolve_device
+from pvdm.utils.device import apply_deterministic_mode, resolve_device
 
 log = logging.getLogger("pvdm.train")
 PR_SET_PDEATHSIG = 1
@@ -73,6 +73,7 @@ def setup(device: str | None = None) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    deterministic = apply_deterministic_mode()  # before the first CUDA call (cuBLAS reads its setting then)
     dev = resolve_device(device, local, world)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -81,9 +82,10 @@ def setup(device: str | None = None) -> Dist:
     d = Dist(rank, world, dev)
     if d.is_main:
         log.info(
-            "processes: %d (%s), device %s, CUDA_VISIBLE_DEVICES=%s, threads per process %d",
+            "processes: %d (%s), device %s, CUDA_VISIBLE_DEVICES=%s, threads per process %d, deterministic %s",
             world, dist.get_backend() if d.enabled else "single process", dev,
             os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"), torch.get_num_threads(),
+            "on (PVDM_DETERMINISTIC=1)" if deterministic else "off",
         )
     return d
 

@@ -1,9 +1,10 @@
-"""The training skeleton every trainer shares: process group, seeding, resumable state, autocast,
-logging, progress and ``max_steps``. A trainer keeps only its step and its evaluation::
+"""The training skeleton every trainer shares: process group, seeding, resumable state, precision
+(autocast and fp16 loss scaling, ``pvdm.utils.device.Precision``), logging, progress and ``max_steps``. A trainer keeps only its step and its evaluation::
 
-    with TrainingRun(out_dir, run_config, seed=..., steps=..., ...) as run:
+    with TrainingRun(out_dir, run_config, seed=..., steps=..., amp=..., ...) as run:
         model = ...; opt = ...
-        run.register(model=model, opt=opt)     # everything state.pt must hold
+        scaler = run.precision.scaler()        # fp16 loss scaling (a pass-through otherwise)
+        run.register(model=model, opt=opt, scaler=scaler)  # everything state.pt must hold
         run.resume()                           # continue from state.pt when it is the same computation
         for step in run.steps():               # start .. steps-1 (or max_steps), until run.stop(...)
             loss = ...                         # the trainer's step
@@ -56,6 +57,7 @@ class TrainingRun:
         log_every: int,
         max_steps: int | None = None,
         device: str | None = None,
+        amp: str = "none",
         desc: str = "training",
     ):
         self.out_dir = Path(out_dir)
@@ -65,6 +67,7 @@ class TrainingRun:
         self.save_every, self.log_every, self.desc = save_every, log_every, desc
         self.dist = distributed.setup(device)
         self.device = self.dist.device
+        self.precision = device_utils.Precision(self.device, amp)  # autocast + fp16 loss scaling of every step
         self.run_config = {**run_config, "numerics": device_utils.numerics(self.device, self.dist.world_size)}
         self.state_path = self.out_dir / "state.pt"
         # One writer per folder (the main rank holds the lock for all): taken before any file is touched.
@@ -162,8 +165,8 @@ class TrainingRun:
     def generator(self, step: int, stream: int) -> torch.Generator:
         return step_generator(self.seed, step, stream)
 
-    def autocast(self, amp: str):  # noqa: ANN201 - a context manager
-        return device_utils.autocast(self.device, amp)
+    def autocast(self):  # noqa: ANN201 - a context manager
+        return self.precision.autocast()
 
     def log(self, done: int, values: dict[str, float], progress: float | None = None) -> None:
         """Advance the progress bar; every ``log_every`` steps (and at the end) write ``values``."""
