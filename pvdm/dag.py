@@ -352,6 +352,8 @@ class ExperimentDag:
         data = self.cfg["data"]
         if data["dataset"] == "moving_mnist" or data["root"]:
             return []
+        if data["dataset"] == "videos":
+            raise ValueError(f"experiment {self.id}: dataset videos needs data.root (your folder or CSV of videos)")
         return [Layout.download.format(dataset=data["dataset"])]
 
     def released_config_args(self) -> str:
