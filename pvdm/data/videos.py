@@ -206,9 +206,16 @@ def assign_groups(entries: list[VideoEntry], pattern: str | None) -> None:
         e.group = match.group(1) if match else e.name
 
 
+def unit_hash(*parts: object) -> float:
+    """A number in [0, 1) that depends only on ``parts`` (a seeded draw that other files cannot move)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def assign_splits(entries: list[VideoEntry], test_fraction: float, seed: int, root: Path) -> None:
-    """Fixed splits are kept (a group on both sides is an error); the other groups are drawn, a seeded
-    ``test_fraction`` of them held out, and every member of a drawn group follows its group."""
+    """Fixed splits are kept (a group on both sides is an error); every other group is held out when
+    its seeded hash falls below ``test_fraction``, so adding or losing a file never moves another
+    group across the split. Without fixed splits at least one group lands on each side."""
     usable = [e for e in entries if e.status == "listed"]
     fixed: dict[str, set[str]] = {}
     for e in usable:
@@ -219,15 +226,16 @@ def assign_splits(entries: list[VideoEntry], test_fraction: float, seed: int, ro
         names = [e.name for e in usable if e.group == both[0]]
         raise VideosError(f"{root}: group {both[0]!r} is in both train and test ({names[:4]}): it would leak "
                           "into the held-out split; put all of a source on one side")
-    drawn = sorted({e.group for e in usable if e.group not in fixed}, key=natural_key)
-    n_test = round(test_fraction * len(drawn))
+    drawn = sorted({e.group for e in usable if e.group not in fixed}, key=lambda g: unit_hash(seed, g))
+    test_groups = {g for g in drawn if unit_hash(seed, g) < test_fraction}
     if not fixed:
         if len(drawn) < 2:
             raise VideosError(f"{root}: {len(drawn)} usable source group(s) {drawn[:1]}: a held-out split "
                               "needs at least 2 (add videos, a CSV split column, or train/ and test/ folders)")
-        n_test = min(max(n_test, 1), len(drawn) - 1)
-    order = np.random.default_rng(seed).permutation(len(drawn))
-    test_groups = {drawn[i] for i in order[:n_test]}
+        if not test_groups:
+            test_groups = {drawn[0]}
+        if len(test_groups) == len(drawn):
+            test_groups.discard(drawn[-1])
     for e in usable:
         if e.split is None:
             e.split = next(iter(fixed[e.group])) if e.group in fixed else (
@@ -285,7 +293,8 @@ def decode_fitted(
     fitted, chunk, scores, previous, decoded, size = [], [], [], None, 0, None
     for i, frame in enumerate(frame_iterator(source)):
         decoded, size = i + 1, [frame.shape[1], frame.shape[0]]
-        copies = math.ceil((i + 1) * ratio - 1e-9) - math.ceil(i * ratio - 1e-9)
+        # output frame k shows source frame floor(k / ratio); 1e-3 frame of slack absorbs rate rounding
+        copies = math.ceil((i + 1) * ratio - 1e-3) - math.ceil(i * ratio - 1e-3)
         if copies == 0:
             continue
         hsv = small_hsv(frame) if opts.shots else None
@@ -314,17 +323,17 @@ def shot_starts(shots: list[list[int]], span: int) -> list[int]:
     return [s for a, b in shots for s in range(a, b - span + 1)]
 
 
-def pick_starts(valid: list[int], mode: str, count: int, seed: int, index: int) -> list[int]:
-    """``even``: ``count`` evenly spaced among the valid starts; else one at a seeded random position
-    (with a single shot these are prepare.clip_starts / random_start)."""
+def pick_starts(valid: list[int], mode: str, count: int, seed: int, name: str) -> list[int]:
+    """``even``: ``count`` evenly spaced among the valid starts (with one shot: prepare.clip_starts);
+    else one at a random position drawn from the seed and the file's name, not its place in the list."""
     if mode == "even":
         return sorted({valid[int(round(k))] for k in np.linspace(0, len(valid) - 1, count)})
-    return [valid[int(np.random.default_rng([seed, index]).integers(0, len(valid)))]]
+    return [valid[int(unit_hash(seed, name) * len(valid))]]
 
 
 def process_video(job: tuple) -> dict[str, Any]:
     """Worker of prepare._build_split for `videos`: clips within shots of one input."""
-    source, params, mode, count, seed, index, long_frames, opts = job
+    source, params, mode, count, seed, _, long_frames, opts = job
     try:
         frames, info = decode_fitted(source, params.resolution, params.resize_filter, opts)
         digest = content_hash(source)
@@ -337,7 +346,7 @@ def process_video(job: tuple) -> dict[str, Any]:
         why = (f"too short: {info['frames_used']} frames < {need} needed" if info["frames_used"] < need else
                f"no shot of {params.span} frames (longest {longest} of {len(info['shots'])} shots)")
         return {"name": source.name, "error": why, "info": info}
-    starts = pick_starts(valid, mode, count, seed, index)
+    starts = pick_starts(valid, mode, count, seed, source.name)
     clips = [frames[s : s + params.span : params.frame_stride] for s in starts]
     info["clips"] = len(starts)
     result = {"name": source.name, "sha256": digest, "frames": len(frames), "starts": starts,
@@ -345,7 +354,7 @@ def process_video(job: tuple) -> dict[str, Any]:
     long_span = (long_frames - 1) * params.frame_stride + 1 if long_frames else 0
     long_valid = shot_starts(info["shots"], long_span) if long_frames else []
     if long_valid:
-        s = pick_starts(long_valid, "random", 1, seed + 1, index)[0]
+        s = pick_starts(long_valid, "random", 1, seed + 1, source.name)[0]
         result["long"] = (s, frames[s : s + long_span : params.frame_stride])
     return result
 
