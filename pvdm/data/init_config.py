@@ -38,6 +38,10 @@ def inspect_videos(root: Path, seed: int = 0, **settings: Any) -> list[dict[str,
             else:
                 fps = info["fps"]
                 row |= info | {"status": "ok", "duration": round(info["frames"] / fps, 2) if fps else None}
+                longest = max(b - a for a, b in info["shots"])
+                if longest < CLIP_FRAMES:  # what `pvdm prepare` will skip
+                    row |= {"status": "skipped", "reason": f"no shot of {CLIP_FRAMES} frames (longest {longest} "
+                            f"of {len(info['shots'])} shots)"}
         rows.append(row)
     return rows
 
@@ -64,11 +68,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def size_experiment(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The numbers of the written experiment, from the usable inputs."""
-    ok = [r for r in rows if r["status"] == "ok"]
-    usable = [r for r in ok if max(b - a for a, b in r["shots"]) >= CLIP_FRAMES]
+    usable = [r for r in rows if r["status"] == "ok"]
     if not usable:
-        raise ValueError(f"no input has a shot of {CLIP_FRAMES} frames (the pipeline's clip); "
-                         f"longest: {max((b - a for r in ok for a, b in r['shots']), default=0)} frames")
+        raise ValueError(f"no input has a shot of {CLIP_FRAMES} frames (the pipeline's clip): see the table above")
     side = min(min(r["size"]) for r in usable)
     train = sum(r["split"] == "train" for r in usable)
     test = sum(r["split"] == "test" for r in usable)
