@@ -248,3 +248,21 @@ def test_damaged_inputs_are_skipped_listed_and_change_nothing_else(tmp_path):
     # The file list is in the FVD card's dataset name: the damaged files make it another dataset.
     assert runs["clean"]["dataset_files_sha256"] != runs["damaged"]["dataset_files_sha256"]
     assert json.loads((tmp_path / "out_clean" / "manifest.json").read_text())["counts"]["used"] == 4
+
+
+def test_shots_agree_with_pyscenedetect(tmp_path):
+    """Our HSV content detector against PySceneDetect's ContentDetector (same threshold and minimum
+    shot), where `scenedetect` is installed (pyproject extra `shot-check`; it brings OpenCV, which the
+    pipeline itself does not need)."""
+    scenedetect = pytest.importorskip("scenedetect", reason="scenedetect not installed (pip install '.[shot-check]')")
+    a = center_crop_resize(decode_video(VIDEOS / "carphone.mp4")[:45], 96)
+    b = center_crop_resize(decode_video(VIDEOS / "tree.avi")[:40], 96)
+    videos = [VIDEOS / "bikes_small.mp4", VIDEOS / "carphone.mp4",
+              encode(tmp_path / "joined.mp4", np.concatenate([a, b]), codec="libx264")]
+    if (REPO.parent / "shared/data/real-videos/bikes.mp4").is_file():
+        videos.append(REPO.parent / "shared/data/real-videos/bikes.mp4")  # five real scene cuts
+    for path in videos:
+        scenes = scenedetect.detect(str(path), scenedetect.ContentDetector(threshold=27.0, min_scene_len=15))
+        theirs = [s[0].frame_num for s in scenes[1:]]
+        ours = [first for first, _ in detect_shots(decode_video(path))[1:]]
+        assert len(ours) == len(theirs) and all(abs(x - y) <= 1 for x, y in zip(ours, theirs, strict=True)), path

@@ -1,6 +1,6 @@
 """Shot boundaries from the change of colour content between consecutive frames.
 
-The score of frame i is the mean absolute difference of its HSV pixels and frame i-1's (hue on
+The score of frame i is the mean absolute difference of its HSV pixels (PIL's conversion) and frame i-1's (hue on
 OpenCV's 0-180 scale, saturation and value on 0-255), averaged over the three channels: the
 measure of PySceneDetect's content detector (``ContentDetector``, default weights, no edges). A
 cut starts a new shot at frame i when the score reaches the threshold (27, PySceneDetect's
@@ -12,30 +12,24 @@ tests/test_videos.py measures the agreement with PySceneDetect where it is insta
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 DEFAULT_THRESHOLD = 27.0
 DEFAULT_MIN_FRAMES = 15
 MAX_WIDTH = 256
 
 
-def rgb_to_hsv(frame: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``# h w 3`` -> float32 HSV ``# h w 3``: H in [0, 180), S and V in [0, 255] (OpenCV's scale)."""
-    x = frame.astype(np.float32)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    v = x.max(axis=-1)
-    spread = v - x.min(axis=-1)
-    s = np.where(v > 0, 255.0 * spread / np.maximum(v, 1e-6), 0.0)
-    safe = np.maximum(spread, 1e-6)
-    h = np.where(v == r, 60.0 * (g - b) / safe, np.where(v == g, 120.0 + 60.0 * (b - r) / safe,
-                                                          240.0 + 60.0 * (r - g) / safe))
-    h = np.where(spread > 0, np.mod(h, 360.0), 0.0) / 2.0
-    return np.stack([h, s, v], axis=-1).astype(np.float32)
+HUE_TO_OPENCV = 180.0 / 255.0  # PIL's hue is 0-255 for 0-360 degrees, OpenCV's 0-180
 
 
 def small_hsv(frame: np.ndarray) -> np.ndarray:
-    """HSV of a frame subsampled to at most MAX_WIDTH pixels wide (what the score compares)."""
+    """HSV of a uint8 RGB ``# h w 3`` frame subsampled to at most MAX_WIDTH pixels wide, float32
+    ``# h' w' 3`` with H on OpenCV's 0-180 scale and S, V on 0-255 (what the score compares)."""
     step = max(1, -(-frame.shape[1] // MAX_WIDTH))  # ceil(w / MAX_WIDTH)
-    return rgb_to_hsv(frame[::step, ::step])
+    small = np.ascontiguousarray(frame[::step, ::step])
+    hsv = np.asarray(Image.fromarray(small).convert("HSV"), dtype=np.float32)
+    hsv[..., 0] *= HUE_TO_OPENCV
+    return hsv
 
 
 def content_score(previous: np.ndarray, current: np.ndarray) -> float:

@@ -21,7 +21,8 @@ import hashlib
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -282,39 +283,49 @@ def frame_iterator(source: VideoSource) -> Any:
     return iter_frames(files)
 
 
-def decode_fitted(
-    source: VideoSource, resolution: int, resize_filter: str, opts: VideoOptions
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode, resample to ``opts.fps``, score shot cuts and fit every frame: uint8 ``# t r r c`` and
-    the file's facts (source frames, fps, size, shots in output frames)."""
+def walk_frames(
+    source: VideoSource, opts: VideoOptions, fit: Callable[[np.ndarray], np.ndarray] | None,
+    wanted: set[int] | None = None,
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Decode once, resampled to ``opts.fps``: output frames ``wanted`` (None = all) fitted by ``fit``
+    (uint8 ``# t r r c``, in order; None when ``fit`` is None) and the file's facts: source frames,
+    fps, size [w, h], output frames, shots (output frame ranges, when ``opts.shots``)."""
     source_fps = video_fps(source.path) if isinstance(source, VideoFile) else None
     ratio, note = copies_per_frame(source_fps, opts.fps)
-    fit = FITS[opts.crop]
-    fitted, chunk, scores, previous, decoded, size = [], [], [], None, 0, None
+    fitted, chunk, scores, previous, decoded, size, k = [], [], [], None, 0, None, 0
     for i, frame in enumerate(frame_iterator(source)):
         decoded, size = i + 1, [frame.shape[1], frame.shape[0]]
         # output frame k shows source frame floor(k / ratio); 1e-3 frame of slack absorbs rate rounding
         copies = math.ceil((i + 1) * ratio - 1e-3) - math.ceil(i * ratio - 1e-3)
-        if copies == 0:
-            continue
-        hsv = small_hsv(frame) if opts.shots else None
+        hsv = small_hsv(frame) if opts.shots and copies else None
         for _ in range(copies):
             if hsv is not None and previous is not None:
                 scores.append(content_score(previous, hsv))
             previous = hsv
-            chunk.append(frame)
+            if fit is not None and (wanted is None or k in wanted):
+                chunk.append(frame)
+            k += 1
         if len(chunk) >= CHUNK:
-            fitted.append(fit(np.stack(chunk), resolution, resize_filter))
+            fitted.append(fit(np.stack(chunk)))
             chunk = []
     if chunk:
-        fitted.append(fit(np.stack(chunk), resolution, resize_filter))
-    frames = np.concatenate(fitted) if fitted else np.zeros((0, resolution, resolution, 3), np.uint8)
-    n = len(frames)
-    shots = shots_from_scores(scores, n, opts.shot_threshold, opts.min_shot_frames) if opts.shots else [(0, n)]
-    info = {"frames": decoded, "fps": source_fps, "size": size, "frames_used": n,
+        fitted.append(fit(np.stack(chunk)))
+    shots = shots_from_scores(scores, k, opts.shot_threshold, opts.min_shot_frames) if opts.shots else [(0, k)]
+    info = {"frames": decoded, "fps": source_fps, "size": size, "frames_used": k,
             "fps_used": opts.fps if opts.fps and source_fps else source_fps, "shots": [list(s) for s in shots]}
     if note:
         info["note"] = note
+    if fit is None:
+        return None, info
+    return (np.concatenate(fitted) if fitted else np.zeros((0, 0, 0, 3), np.uint8)), info
+
+
+def decode_fitted(
+    source: VideoSource, resolution: int, resize_filter: str, opts: VideoOptions
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Every output frame fitted to ``resolution`` (uint8 ``# t r r c``) and the file's facts."""
+    fit = FITS[opts.crop]
+    frames, info = walk_frames(source, opts, lambda x: fit(x, resolution, resize_filter))
     return frames, info
 
 
@@ -332,11 +343,12 @@ def pick_starts(valid: list[int], mode: str, count: int, seed: int, name: str) -
 
 
 def process_video(job: tuple) -> dict[str, Any]:
-    """Worker of prepare._build_split for `videos`: clips within shots of one input."""
+    """Worker of prepare._build_split for `videos`: clips within shots of one input. Two decoding
+    passes: the first finds the frames and shots, the second fits only the frames the clips use
+    (decoding is cheap next to resizing every frame of a long video)."""
     source, params, mode, count, seed, _, long_frames, opts = job
     try:
-        frames, info = decode_fitted(source, params.resolution, params.resize_filter, opts)
-        digest = content_hash(source)
+        _, info = walk_frames(source, opts, None)
     except (VideoDecodeError, OSError) as e:
         return {"name": source.name, "error": str(e)}
     need = max(params.span, params.min_frames)
@@ -347,15 +359,29 @@ def process_video(job: tuple) -> dict[str, Any]:
                f"no shot of {params.span} frames (longest {longest} of {len(info['shots'])} shots)")
         return {"name": source.name, "error": why, "info": info}
     starts = pick_starts(valid, mode, count, seed, source.name)
-    clips = [frames[s : s + params.span : params.frame_stride] for s in starts]
-    info["clips"] = len(starts)
-    result = {"name": source.name, "sha256": digest, "frames": len(frames), "starts": starts,
-              "clips": clips, "info": info}
+    windows = [(s, params.span) for s in starts]
     long_span = (long_frames - 1) * params.frame_stride + 1 if long_frames else 0
     long_valid = shot_starts(info["shots"], long_span) if long_frames else []
     if long_valid:
-        s = pick_starts(long_valid, "random", 1, seed + 1, source.name)[0]
-        result["long"] = (s, frames[s : s + long_span : params.frame_stride])
+        windows.append((pick_starts(long_valid, "random", 1, seed + 1, source.name)[0], long_span))
+    wanted = sorted({f for s, span in windows for f in range(s, s + span, params.frame_stride)})
+    fit = FITS[opts.crop]
+    try:
+        frames, _ = walk_frames(source, replace(opts, shots=False),
+                                lambda x: fit(x, params.resolution, params.resize_filter), set(wanted))
+        digest = content_hash(source)
+    except (VideoDecodeError, OSError) as e:
+        return {"name": source.name, "error": str(e)}
+    row = {f: i for i, f in enumerate(wanted)}  # output frame -> row of ``frames``
+
+    def clip(start: int, span: int) -> np.ndarray:  # t r r c
+        return frames[[row[f] for f in range(start, start + span, params.frame_stride)]]
+
+    info["clips"] = len(starts)
+    result = {"name": source.name, "sha256": digest, "frames": info["frames_used"], "starts": starts,
+              "clips": [clip(s, params.span) for s in starts], "info": info}
+    if long_valid:
+        result["long"] = (windows[-1][0], clip(*windows[-1]))
     return result
 
 
