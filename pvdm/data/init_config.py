@@ -93,13 +93,14 @@ def write_config(
     """Write the commented config for ``root``; returns the sizes it used."""
     sizes = size_experiment(rows)
     pattern = json.dumps(group_pattern) if group_pattern else "null"
-    text = CONFIG_TEMPLATE.format(exp=exp_id, root=json.dumps(str(root.resolve())), group_pattern=pattern, **sizes)
+    text = CONFIG_TEMPLATE.format(exp=exp_id, root=json.dumps(str(root.resolve())), root_text=root, group_pattern=pattern,
+                                  **sizes)
     atomic_write_text(out, text)
     return sizes
 
 
 CONFIG_TEMPLATE = """\
-# Written by `pvdm init --videos {root}`.
+# Written by `pvdm init --videos {root_text}`.
 # {usable} usable videos (median {median_frames} frames); smallest usable frame side {source_side} px.
 # Budget: the CPU demo's model and steps (config/config.yaml), about 10 minutes for the whole DAG on
 # 2 CPU cores; every paper setting (PVDM, CVPR 2023, UCF-101/SkyTimelapse 256x256) is the comment beside it.
@@ -138,14 +139,16 @@ experiments:
         proj_dim_head: 16
         proj_mlp_dim: 128
       stage1: {{steps: 1200, batch_size: 4, lr: 1.0e-3, save_every: 500, log_every: 50, eval_videos: {recon_videos}}}
-      # paper stage1: lr 1e-4, batch 8 x 4 GPUs, until convergence
+      # losses: the original's 4 x L1 + 4 x LPIPS (real footage; the Moving MNIST demo uses MSE); paper lr 1e-4
       gan: {{steps: 20, batch_size: 2, lr: 1.0e-4, disc_ndf: 16, eval_every: 10, eval_videos: {recon_videos}, patience: 2,
              save_every: 10, log_every: 5}}  # paper: disc_ndf 64
     diffusion:
       model: {{model_channels: 64, channel_mult: [1, 2, 2], num_res_blocks: 1, attention_resolutions: [2, 4],
-              num_heads: 4, cond: true}}  # paper: model_channels 256, channel_mult [1, 2, 4], num_res_blocks 2
-      train: {{steps: 180, batch_size: 16, lr: 2.0e-3, ema_decay: 0.999, ema_every: 5, cache_latents: true,
-              save_every: 50, log_every: 10}}  # paper: lr 1e-4, ema 0.9999, ~400k steps
+              num_heads: 4, cond: true, prediction: v, position_embedding: true}}
+      # paper: model_channels 256, channel_mult [1, 2, 4], num_res_blocks 2, eps prediction, no position embedding
+      train: {{steps: 180, batch_size: 16, lr: 2.0e-3, min_snr_gamma: 5, cond_prob: 0.3, ema_decay: 0.999,
+              ema_every: 5, cache_latents: true, cache_stride: 16, save_every: 50, log_every: 10}}
+      # paper: lr 1e-4, no Min-SNR weighting, ema 0.9999, hundreds of thousands of steps
     sampling:
       num_videos: {fvd_videos}         # paper: 2048
       long_videos: 0         # paper: 2048 videos of 128 frames
