@@ -266,3 +266,21 @@ def test_shots_agree_with_pyscenedetect(tmp_path):
         theirs = [s[0].frame_num for s in scenes[1:]]
         ours = [first for first, _ in detect_shots(decode_video(path))[1:]]
         assert len(ours) == len(theirs) and all(abs(x - y) <= 1 for x, y in zip(ours, theirs, strict=True)), path
+
+
+def test_init_writes_a_valid_config_sized_to_the_data(tmp_path):
+    from pvdm.data.init_config import format_table, inspect_videos, write_config
+
+    rows = inspect_videos(VIDEOS)
+    table = format_table(rows)
+    assert "bikes_small.mp4" in table and "no shot of 32 frames (longest 30 of 2 shots)" in table
+    assert "4 inputs: 3 usable (2 train, 1 test), 1 skipped, 0 duplicates, 3 shots" in table
+    out = tmp_path / "my.yaml"
+    sizes = write_config(VIDEOS, rows, out, "mine")
+    text = out.read_text()
+    assert "resolution: 32        # paper: 256" in text and sizes["source_side"] == 144
+    exp = experiment(load_config([out]), "mine")[1]  # schema-valid, defaults filled in
+    assert exp["data"]["root"] == str(VIDEOS.resolve()) and exp["autoencoder"]["model"]["resolution"] == 32
+    assert exp["eval"]["fvd_videos"] == exp["sampling"]["num_videos"] == 2 and exp["eval"]["recon_videos"] == 1
+    small = [dict(r, size=[24, 20]) if r["status"] == "ok" else r for r in rows]  # sources below 32 px
+    assert write_config(VIDEOS, small, tmp_path / "small.yaml")["resolution"] == 16
