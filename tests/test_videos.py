@@ -284,3 +284,18 @@ def test_init_writes_a_valid_config_sized_to_the_data(tmp_path):
     assert exp["eval"]["fvd_videos"] == exp["sampling"]["num_videos"] == 2 and exp["eval"]["recon_videos"] == 1
     small = [dict(r, size=[24, 20]) if r["status"] == "ok" else r for r in rows]  # sources below 32 px
     assert write_config(VIDEOS, small, tmp_path / "small.yaml")["resolution"] == 16
+
+
+def test_no_usable_video_after_decoding_is_one_error_naming_the_folder(tmp_path):
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "a.mp4").write_text("not a video")
+    (root / "b.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"^{root}: split '(train|test)': 0 usable videos out of 1 \(first "
+                                         r"problems: [ab]\.mp4: .*(cannot decode|empty file)"):
+        prepare(data_cfg(root), tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    exp = data_cfg(root)
+    exp["data"]["root"] = None
+    with pytest.raises(ValueError, match="set data.root"):
+        prepare(exp, tmp_path / "out")

@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "frames, and write fixed-length uint8 clips into memory-mappable stores under OUT: train/ (evenly "
             "spaced clips per video), test/ (one clip per video at a seeded random offset) and train_long/ "
             "(long real clips for FVD-128). Unreadable, corrupt and too-short videos are skipped and listed in "
-            "OUT/manifest.json. The embedded default (moving_mnist) is generated, no download."
+            "OUT/manifest.json. The embedded default (moving_mnist) is generated, no download. dataset videos reads "
+            "your own folder or CSV (data.root): duplicates count once, the split keeps each source group on one "
+            "side, clips stay within shots, and the manifest lists every file with its split, shots or reason."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
