@@ -50,8 +50,9 @@ def test_own_videos_whole_dag(tmp_path):
     exp["eval"] = {**tiny["eval"], "fvd_videos": n, "recon_videos": exp["eval"]["recon_videos"]}
     exp["data"] |= {"clips_per_video": 1, "workers": 1}
     cfg.write_text(yaml.safe_dump(config))
-    run([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "2",
-         "results/mine/metrics/fvd16_model.json", "--configfile", str(cfg)], tmp_path)
+    snakemake = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "2",
+                 "results/mine/metrics/fvd16_model.json", "--configfile", str(cfg)]
+    run(snakemake, tmp_path)
 
     manifest = read_json(tmp_path / "results/mine/data/manifest.json")
     rows = {r["path"]: r for r in manifest["files"]}
@@ -70,3 +71,9 @@ def test_own_videos_whole_dag(tmp_path):
     fvd = FVDRecord.read(tmp_path / "results/mine/metrics/fvd16_model.json")
     assert fvd.protocol["dataset"] == "videos:" + manifest["dataset_files_sha256"][:16]
     assert fvd.protocol["num_real"] == n == manifest["counts"]["train_videos"] and fvd.value > 0
+
+    # The DAG's inputs are the listed files: nothing to do again, but a new video reruns the data stage.
+    assert "Nothing to be done" in run([*snakemake, "-n"], tmp_path).stdout
+    (mine / "new").mkdir()
+    shutil.copy(VIDEOS / "vtest_small.avi", mine / "new" / "street.avi")
+    assert "prepare_data" in run([*snakemake, "-n"], tmp_path).stdout

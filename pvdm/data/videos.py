@@ -169,6 +169,20 @@ def list_inputs(root: Path) -> list[VideoEntry]:
     return entries
 
 
+def input_paths(root: Path) -> list[str]:
+    """What the data stage reads from ``root``: the Snakemake inputs of prepare_data (video files, frame
+    folders, the CSV). A missing root is returned as is (Snakemake reports it missing); a malformed
+    CSV is left for `pvdm prepare` to report."""
+    if not root.exists():
+        return [str(root)]
+    try:
+        entries, _ = list_csv(root) if root.is_file() else list_folder(root)
+    except VideosError:
+        entries = []
+    listed = [str(e.source.path) for e in entries if e.source.path.exists()]
+    return ([str(root)] if root.is_file() else []) + listed
+
+
 # ---------------------------------------------------------------------------------------------------
 # Duplicates, groups and the split
 
