@@ -102,10 +102,11 @@ def write_config(
 CONFIG_TEMPLATE = """\
 # Written by `pvdm init --videos {root_text}`.
 # {usable} usable videos (median {median_frames} frames); smallest usable frame side {source_side} px.
-# Budget: the CPU demo's model and steps (config/config.yaml). The whole DAG took 13 min 51 s on 2 shared
-# CPU cores (AMD EPYC, other jobs running) for 4 short real videos; the autoencoder's 1,200 steps are most
-# of it and do not grow with the data, the data stage does (~230 source frames/s, benchmarks/results/
-# prepare_videos.md). Every paper setting (PVDM, CVPR 2023, 256x256) is the comment beside it.
+# Budget: the CPU demo's model and steps (config/config.yaml). The whole DAG took 11 min 19 s on 2 shared
+# CPU cores (AMD EPYC, load average ~3 from other jobs) for 4 short real videos; the autoencoder's 1,200
+# steps (7 min 20 s) are most of it and do not grow with the data, the data stage does (~230 source
+# frames/s, benchmarks/results/prepare_videos.md). Every paper setting (PVDM, CVPR 2023, 256x256) is the
+# comment beside it.
 # Run: pvdm prepare --config THIS --out results/{exp}/data   (the data stage alone)
 #      snakemake --cores 2 --configfile THIS                (the whole DAG: train, sample, FVD, table)
 experiments:
