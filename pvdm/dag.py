@@ -348,8 +348,15 @@ class ExperimentDag:
         return json.dumps(picked, sort_keys=True)
 
     def raw_inputs(self) -> list[str]:
-        """The download rule's output when the dataset has no user-given root, else nothing."""
+        """The download rule's output when the dataset has no user-given root, else nothing; for
+        your own videos, the files (and frame folders) the data stage will read."""
         data = self.cfg["data"]
+        if data["dataset"] == "videos":  # every listed input: a changed, added or removed video reruns prepare
+            if not data["root"]:
+                raise ValueError(f"experiment {self.id}: dataset videos needs data.root (your folder or CSV of videos)")
+            from pvdm.data.videos import input_paths
+
+            return input_paths(Path(data["root"]))
         if data["dataset"] == "moving_mnist" or data["root"]:
             return []
         return [Layout.download.format(dataset=data["dataset"])]

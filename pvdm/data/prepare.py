@@ -7,10 +7,10 @@ split is an error. The manifest is written last, so its presence means every sto
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing
 import platform
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ import numpy as np
 import pvdm
 from pvdm.data import moving_mnist
 from pvdm.data.sky import list_sky
-from pvdm.data.sources import VideoSource
+from pvdm.data.sources import VideoSource, content_hash
 from pvdm.data.store import ClipStoreWriter
 from pvdm.data.transforms import center_crop_resize
 from pvdm.data.ucf101 import list_ucf101
@@ -79,22 +79,12 @@ def list_sources(data_cfg: dict[str, Any], root: Path, split: str) -> list[Video
     raise ValueError(f"list_sources: {dataset} is generated, not read")
 
 
-def _source_hash(source: VideoSource) -> str:
-    files = source.files()
-    if len(files) == 1:
-        return sha256_file(files[0])
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.name}:{sha256_file(f)}\n".encode())
-    return h.hexdigest()
-
-
 def _process_source(args: tuple) -> dict[str, Any]:
     """Decode one source and cut its clips (runs in a worker process)."""
     source, params, starts_mode, count, seed, index, long_frames = args
     try:
         frames = source.load()  # t h w c
-        digest = _source_hash(source)
+        digest = content_hash(source)
     except (VideoDecodeError, OSError) as e:
         return {"name": source.name, "error": str(e)}
     n = len(frames)
@@ -126,6 +116,31 @@ def _process_source(args: tuple) -> dict[str, Any]:
     return result
 
 
+def _write_results(
+    name: str, results: Any, total: int, writer: ClipStoreWriter, long_writer: ClipStoreWriter | None,
+    long_videos: int,
+) -> tuple[list[dict[str, str]], dict[str, str], dict[str, Any]]:
+    """Append the workers' clips to the stores: ``(skipped, source hashes, per-file details)``."""
+    skipped, hashes, details = [], {}, {}
+    with Progress(total, f"prepare {name}") as bar:
+        for r in results:
+            bar.update(1)
+            if "info" in r:
+                details[r["name"]] = r["info"]
+            if "error" in r:
+                log.warning("skipping %s: %s", r["name"], r["error"])
+                skipped.append({"path": r["name"], "reason": r["error"]})
+                continue
+            hashes[r["name"]] = r["sha256"]
+            vid = writer.add_video(r["name"])
+            for s, clip in zip(r["starts"], r["clips"], strict=True):
+                writer.add_clip(clip, vid, s)
+            if long_writer is not None and "long" in r and len(long_writer) < long_videos:
+                s, clip = r["long"]
+                long_writer.add_clip(clip, long_writer.add_video(r["name"]), s)
+    return skipped, hashes, details
+
+
 def _build_split(
     name: str,
     sources: list[VideoSource],
@@ -138,32 +153,23 @@ def _build_split(
     long_frames: int = 0,
     long_videos: int = 0,
     meta: dict | None = None,
+    worker: Callable[[tuple], dict[str, Any]] = _process_source,
+    extra: tuple = (),
 ) -> dict[str, Any]:
+    """One split's store (and long store): ``worker`` decodes a job ``(source, params, mode, count,
+    seed, index, long_frames, *extra)`` in a worker process; what it returns under "info" is kept
+    per file (``file_info``)."""
     writer = ClipStoreWriter(out / name, params.clip_frames, params.resolution, meta)
     long_writer = (
         ClipStoreWriter(out / f"{name}_long", long_frames, params.resolution, meta) if long_frames else None
     )
-    skipped, hashes = [], {}
     jobs = [
-        (s, params, mode, count, seed, i, long_frames if long_writer is not None else 0)
+        (s, params, mode, count, seed, i, long_frames if long_writer is not None else 0, *extra)
         for i, s in enumerate(sources)
     ]
     try:
-        results = pool.map(_process_source, jobs, chunksize=4) if pool else map(_process_source, jobs)
-        with Progress(len(jobs), f"prepare {name}") as bar:
-            for r in results:
-                bar.update(1)
-                if "error" in r:
-                    log.warning("skipping %s: %s", r["name"], r["error"])
-                    skipped.append({"path": r["name"], "reason": r["error"]})
-                    continue
-                hashes[r["name"]] = r["sha256"]
-                vid = writer.add_video(r["name"])
-                for s, clip in zip(r["starts"], r["clips"], strict=True):
-                    writer.add_clip(clip, vid, s)
-                if long_writer is not None and "long" in r and len(long_writer) < long_videos:
-                    s, clip = r["long"]
-                    long_writer.add_clip(clip, long_writer.add_video(r["name"]), s)
+        results = pool.map(worker, jobs, chunksize=4) if pool else map(worker, jobs)
+        skipped, hashes, details = _write_results(name, results, len(jobs), writer, long_writer, long_videos)
     except BaseException:
         writer.abort()
         if long_writer is not None:
@@ -186,6 +192,8 @@ def _build_split(
         "skipped": {"count": len(skipped), "items": skipped},
         "source_sha256": hashes,
     }
+    if details:
+        info["file_info"] = details
     stores = {name: info}
     if long_writer is not None:
         if len(long_writer):
@@ -259,7 +267,7 @@ def _clip_params(data_cfg: dict[str, Any]) -> ClipParams:
 
 def _preprocessing_card(data_cfg: dict[str, Any], params: ClipParams, seed: int) -> dict[str, Any]:
     """What was done to the videos: stored in every store's metadata and in the manifest."""
-    return {
+    card = {
         "crop": "centre square (side = min(H, W))",
         "resize": f"{params.resize_filter} to {params.resolution}x{params.resolution}",
         "dtype": "uint8",
@@ -272,6 +280,15 @@ def _preprocessing_card(data_cfg: dict[str, Any], params: ClipParams, seed: int)
         "long_frames": data_cfg["long_frames"],
         "seed": seed,
     }
+    if data_cfg["dataset"] == "videos":
+        if data_cfg["crop"] == "pad":
+            card["crop"] = "none: longer side resized, padded with black to a square"
+        card["fps"] = data_cfg["fps"] or "source"
+        card["train_clip_placement"] = "evenly spaced over the starts that keep a clip inside one shot"
+        card["test_clip_placement"] = f"one clip inside one shot, random offset, seed {seed}"
+        card["shots"] = (f"clips within shots (HSV content cuts, threshold {data_cfg['shot_threshold']}, "
+                         f"min {data_cfg['min_shot_frames']} frames)" if data_cfg["shots"] else "not detected")
+    return card
 
 
 def _prepare_generated(
@@ -330,6 +347,51 @@ def _prepare_read(
     return stores, hashes, f"{dataset} read from {raw_root}", raw_root
 
 
+def _prepare_videos(
+    data_cfg: dict[str, Any],
+    params: ClipParams,
+    out: Path,
+    seed: int,
+    meta: dict,
+    manifest_path: Path,
+    root: str | Path | None,
+) -> tuple[dict[str, Any], dict[str, str], str, Path, dict[str, Any]]:
+    """Stores of your own videos (pvdm.data.videos); the fifth value goes into the manifest: every
+    file's row, the counts and the content hash of the file list."""
+    from pvdm.data import videos
+
+    raw_root = Path(root or data_cfg["root"] or "")
+    if not str(raw_root) or str(raw_root) == ".":
+        raise DataError("dataset videos: set data.root to your folder of videos or CSV list (or --root)")
+    entries = videos.plan_inputs(data_cfg, raw_root, seed)  # every check before any decoding
+    listed = [e for e in entries if e.status == "listed"]
+    split = {s: [e.source for e in listed if e.split == s][: data_cfg["max_videos"]] for s in ("train", "test")}
+    if not split["test"]:
+        raise DataError(f"{raw_root}: no held-out video (data.test_fraction = {data_cfg['test_fraction']})")
+    digest = videos.dataset_hash(entries)
+    meta["dataset_files_sha256"] = digest
+    log.info("dataset: videos at %s: %d train / %d test inputs (%d duplicates, %d skipped before decoding)",
+             raw_root, len(split["train"]), len(split["test"]), sum(e.status == "duplicate" for e in entries),
+             sum(e.status == "skipped" for e in entries))
+    manifest_path.unlink(missing_ok=True)
+    workers, opts = data_cfg["workers"], videos.video_options(data_cfg)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+    common = dict(worker=videos.process_video, extra=(opts,), meta=meta)
+    try:
+        stores = _build_split("train", split["train"], params, out, "even", data_cfg["clips_per_video"], seed,
+                              pool, data_cfg["long_frames"], data_cfg["long_videos"], **common)
+        stores |= _build_split("test", split["test"], params, out, "random", 1, seed, pool, **common)
+    except DataError as e:
+        raise DataError(f"{raw_root}: {e}") from e
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    hashes = {k: v for s in ("train", "test") for k, v in stores[s].pop("source_sha256").items()}
+    rows = videos.file_rows(entries, stores)
+    extra = {"dataset_files_sha256": digest, "counts": videos.summary(rows), "files": rows}
+    return stores, hashes, f"videos read from {raw_root}", raw_root, extra
+
+
 def prepare(exp: dict[str, Any], out: str | Path, root: str | Path | None = None) -> dict[str, Any]:
     """Build the clip stores of one experiment under ``out``; returns the manifest."""
     data_cfg, seed = exp["data"], exp.get("seed", 0)
@@ -337,7 +399,7 @@ def prepare(exp: dict[str, Any], out: str | Path, root: str | Path | None = None
     params = _clip_params(data_cfg)
     preprocessing = _preprocessing_card(data_cfg, params, seed)
     meta = {"dataset": data_cfg["dataset"], "preprocessing": preprocessing}
-    dataset = data_cfg["dataset"]
+    dataset, extra = data_cfg["dataset"], {}
     # The manifest says "every store is complete": it is withdrawn (after the input is validated,
     # before any store is replaced) so a failed or killed prepare never leaves an old manifest
     # beside new stores.
@@ -346,6 +408,10 @@ def prepare(exp: dict[str, Any], out: str | Path, root: str | Path | None = None
     if dataset == "moving_mnist":
         stores, hashes, source_desc, raw_root = _prepare_generated(
             data_cfg, params, out, seed, meta, manifest_path
+        )
+    elif dataset == "videos":
+        stores, hashes, source_desc, raw_root, extra = _prepare_videos(
+            data_cfg, params, out, seed, meta, manifest_path, root
         )
     else:
         stores, hashes, source_desc, raw_root = _prepare_read(
@@ -362,6 +428,7 @@ def prepare(exp: dict[str, Any], out: str | Path, root: str | Path | None = None
         "config": data_cfg,
         "pvdm_version": pvdm.__version__,
         "python": platform.python_version(),
+        **extra,
     }
     atomic_write_json(manifest_path, manifest)
     lock.release()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pvdm.data.video_io import decode_video, list_frame_files, read_frames
+from pvdm.utils.io import sha256_file
 
 
 class LayoutError(ValueError):
@@ -39,3 +41,14 @@ class FrameFolder:
 
 
 VideoSource = VideoFile | FrameFolder
+
+
+def content_hash(source: VideoSource) -> str:
+    """sha256 of a video file, or of a frame folder's (name, sha256) list: identical content, equal hash."""
+    files = source.files()
+    if len(files) == 1:
+        return sha256_file(files[0])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}:{sha256_file(f)}\n".encode())
+    return h.hexdigest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -25,16 +26,17 @@ def natsorted(names: list[str]) -> list[str]:
     return sorted(names, key=natural_key)
 
 
-def decode_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
-    """All frames of a video file as uint8 ``# t h w c`` (RGB). Raises VideoDecodeError for a
+def iter_video(path: str | Path) -> Iterator[np.ndarray]:
+    """Frames of a video file one by one, uint8 ``# h w c`` (RGB). Raises VideoDecodeError for a
     missing, empty, undecodable or damaged file (a truncated file decodes without an exception,
-    but the demuxer reports the torn packet: that is damage too, not a shorter video)."""
+    but the demuxer reports the torn packet: that is damage too, not a shorter video); the damage
+    of the last packets is only known at the end, so a caller keeps nothing until the iterator ends."""
     path = Path(path)
     if not path.is_file():
         raise VideoDecodeError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise VideoDecodeError(f"{path}: empty file (0 bytes)")
-    frames = []
+    count = 0
     av.logging.set_level(av.logging.ERROR)
     av.logging.set_skip_repeated(False)  # the same damage in the next file must be seen too
     try:
@@ -45,20 +47,41 @@ def decode_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
+                count += 1
+                yield frame.to_ndarray(format="rgb24")
     except VideoDecodeError:
         raise
+    except GeneratorExit:
+        return
     except Exception as e:  # PyAV raises many error types for damaged files
         raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})"
-                               + (f" after {len(frames)} frames" if frames else "")) from e
+                               + (f" after {count} frames" if count else "")) from e
     errors = [message.strip() for level, _, message in ffmpeg_log if level <= av.logging.ERROR]
     if errors:
-        raise VideoDecodeError(f"{path}: damaged (truncated or corrupt) after {len(frames)} frames: {errors[0]}")
-    if not frames:
+        raise VideoDecodeError(f"{path}: damaged (truncated or corrupt) after {count} frames: {errors[0]}")
+    if not count:
         raise VideoDecodeError(f"{path}: no decodable frames")
+
+
+def decode_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
+    """All frames of a video file as uint8 ``# t h w c`` (RGB); errors as ``iter_video``."""
+    frames = []
+    for frame in iter_video(path):
+        frames.append(frame)
+        if max_frames is not None and len(frames) >= max_frames:
+            break
     return np.stack(frames)
+
+
+def video_fps(path: str | Path) -> float | None:
+    """Frame rate the container declares for the first video stream (None if it declares none)."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    except Exception:  # an unreadable file is reported by the decoder, not here
+        return None
+    return float(rate) if rate else None
 
 
 def list_frame_files(folder: str | Path) -> list[Path]:
@@ -67,18 +90,24 @@ def list_frame_files(folder: str | Path) -> list[Path]:
     return [folder / n for n in natsorted(names)]
 
 
-def read_frames(files: list[Path]) -> np.ndarray:
-    """Frame image files (any size) -> uint8 ``# t h w c``; all frames must share one size."""
-    frames = []
+def iter_frames(files: list[Path]) -> Iterator[np.ndarray]:
+    """Frame image files one by one as uint8 ``# h w c``; all must share the first one's size."""
+    shape = None
     for f in files:
         try:
             with Image.open(f) as im:
-                frames.append(np.asarray(im.convert("RGB")))
+                frame = np.asarray(im.convert("RGB"))
         except Exception as e:
             raise VideoDecodeError(f"{f}: cannot read image ({type(e).__name__}: {e})") from e
-    if not frames:
+        if shape is not None and frame.shape != shape:
+            raise VideoDecodeError(f"{f.parent}: frames have different sizes ({f.name} is {frame.shape}, "
+                                   f"the first frame {shape})")
+        shape = frame.shape
+        yield frame
+    if shape is None:
         raise VideoDecodeError("no frames")
-    shapes = {fr.shape for fr in frames}
-    if len(shapes) != 1:
-        raise VideoDecodeError(f"{files[0].parent}: frames have different sizes {sorted(shapes)}")
-    return np.stack(frames)
+
+
+def read_frames(files: list[Path]) -> np.ndarray:
+    """Frame image files (any size) -> uint8 ``# t h w c``; all frames must share one size."""
+    return np.stack(list(iter_frames(files)))

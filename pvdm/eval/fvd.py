@@ -652,6 +652,10 @@ def fvd_files(real: str | Path, fake: str | Path, out: str | Path, **kwargs: Any
     real_videos, real_source = load_videos(Path(real), seed)
     fake_videos, fake_source = load_videos(Path(fake), seed)
     sampler_card = getattr(getattr(fake_videos, "store", None), "info", {}).get("sampler_card")
+    # Your own videos have no name the reader knows: the card names them by the hash of their file list.
+    files_sha256 = getattr(getattr(real_videos, "store", None), "info", {}).get("dataset_files_sha256")
+    if files_sha256 is not None:
+        kwargs["dataset"] = f"{kwargs.get('dataset') or 'videos'}:{files_sha256[:16]}"
     if sampler_card is not None:
         if kwargs.get("sampler") is None:
             kwargs["sampler"] = sampler_card.get("sampler_label", sampler_card.get("sampler"))
