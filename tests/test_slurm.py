@@ -181,6 +181,85 @@ def test_slurm_profile_dry_run(tmp_path):
     assert "slurm_partition=cpu" in cpu and "qos=normal" in cpu and "constraint" not in cpu, cpu
 
 
+class Resources(dict):
+    """A job's resources as the Slurm plugin reads them (``job.resources.get(k)``, ``job.resources.k``)."""
+
+    def __getattr__(self, key: str):  # noqa: ANN204
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def sbatch_flags(stage: str, resources: dict, env: dict[str, str]) -> str:
+    """The sbatch options that snakemake-executor-plugin-slurm (the pinned version) makes of a job of
+    ``stage`` with ``resources.<stage>`` of the tiny experiment, under the GPU request ``env``."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    from pvdm.config import validate
+    from pvdm.dag import Dag
+
+    tiny = yaml.safe_load((DATA / "tiny.yaml").read_text())
+    tiny["experiments"]["tiny"]["resources"] = {stage: resources}
+    tiny["experiments"]["tiny"]["diffusion"]["train"]["batch_size"] = 16  # splits over 1, 2, 4, 8 processes
+    exp = Dag(validate(tiny))["tiny"]
+    j = exp.job(stage)
+    res = Resources(mem_mb=j["mem_mb"], runtime=j["runtime"], **exp.slurm_resources(stage, env))
+    job = SimpleNamespace(resources=res, threads=j["threads"])
+    validate_slurm_extra(job)  # the plugin refuses flags it manages in slurm_extra
+    params = {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c", "account": "", "partition": "-p gpu",
+              "workdir": ""}
+    call = get_submit_command(job, params) + set_gres_string(job)
+    return " ".join(call.split()[11:])  # after sbatch --parsable --job-name u --output l --export --comment c -p gpu
+
+
+@pytest.mark.parametrize(
+    ("env", "resources", "want"),
+    [
+        ({}, {"gpus": 2, "cpus_per_gpu": 4}, "-t 120 --mem 8000 --cpus-per-gpu=4 --gpus=2"),
+        ({"PVDM_SLURM_GPU_MODEL": "a100"}, {"gpus": 2, "cpus_per_gpu": 4},
+         "-t 120 --mem 8000 --cpus-per-gpu=4 --gpus=a100:2"),
+        ({"PVDM_SLURM_GPU_REQUEST": "gres"}, {"gpus": 2, "cpus_per_gpu": 4},
+         "-t 120 --mem 8000 --cpus-per-task=8 --gres=gpu:2"),
+        ({"PVDM_SLURM_GPU_REQUEST": "gres", "PVDM_SLURM_GPU_MODEL": "a100"}, {"gpus": 2, "cpus_per_gpu": 4},
+         "-t 120 --mem 8000 --cpus-per-task=8 --gres=gpu:a100:2"),
+        # 2 nodes x 4 GPUs: one task per node (the launcher), GPUs counted per node in both forms
+        ({}, {"gpus": 4, "cpus_per_gpu": 8, "nodes": 2},
+         "-t 120 --mem 8000 --nodes=2 --ntasks=2 --cpus-per-task=32 --ntasks-per-node=1 --gpus-per-node=4"),
+        ({"PVDM_SLURM_GPU_MODEL": "h100"}, {"gpus": 4, "cpus_per_gpu": 8, "nodes": 2},
+         "-t 120 --mem 8000 --nodes=2 --ntasks=2 --cpus-per-task=32 --ntasks-per-node=1 --gpus-per-node=h100:4"),
+        ({"PVDM_SLURM_GPU_REQUEST": "gres"}, {"gpus": 4, "cpus_per_gpu": 8, "nodes": 2},
+         "-t 120 --mem 8000 --nodes=2 --ntasks=2 --cpus-per-task=32 --ntasks-per-node=1 --gres=gpu:4"),
+        # CPU jobs ask for no GPU whatever the form (a GPU model alone must not request one)
+        ({"PVDM_SLURM_GPU_REQUEST": "gres", "PVDM_SLURM_GPU_MODEL": "a100"}, {"cpus": 3},
+         "-t 120 --mem 8000 --ntasks=1 --cpus-per-task=3"),
+        ({"PVDM_SLURM_GPU_MODEL": "a100"}, {"processes": 2, "cpus": 4, "nodes": 2},
+         "-t 120 --mem 8000 --nodes=2 --ntasks=2 --cpus-per-task=4 --ntasks-per-node=1"),
+    ],
+)
+def test_gpu_request_flags(env, resources, want):
+    flags = sbatch_flags("train_diffusion", resources, env)
+    assert flags == want
+    assert not ("--gpus" in flags and "--gres" in flags)  # one form, never both
+
+
+def test_gpu_request_bad_settings():
+    with pytest.raises(ValueError, match=r"PVDM_SLURM_GPU_REQUEST='gpu': expected gpus .* or gres"):
+        sbatch_flags("train_diffusion", {"gpus": 1}, {"PVDM_SLURM_GPU_REQUEST": "gpu"})
+    with pytest.raises(ValueError, match=r"PVDM_SLURM_GPU_MODEL='a100 x2': expected a GPU type"):
+        sbatch_flags("train_diffusion", {"gpus": 1}, {"PVDM_SLURM_GPU_MODEL": "a100 x2"})
+    # the global batch must split over nodes x GPUs: known when the DAG is built
+    with pytest.raises(ValueError, match=r"experiments.tiny.diffusion.train.batch_size = 16 does not split over 6 "
+                       r"processes \(resources.train_diffusion: nodes 2 x gpus 3\); choose a multiple of 6"):
+        sbatch_flags("train_diffusion", {"gpus": 3, "nodes": 2}, {})
+    with pytest.raises(ValueError, match=r"resources.sample: gpus 1, processes 1, nodes 2: sample jobs run one"):
+        sbatch_flags("sample", {"gpus": 1, "nodes": 2}, {})
+
+
 # pytest-timeout (600 s in pyproject) must not fire before our own, cleaner timeout: bring-up
 # (apt-get on a fresh machine) + the Snakemake run + teardown.
 @pytest.mark.slurm

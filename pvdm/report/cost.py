@@ -33,6 +33,7 @@ class RuleCost:
     gpu_hours: float | None
     basis: str
     measured_on: str | None = None
+    nodes: int = 1  # per job
 
 
 def load_rates(path: str | os.PathLike | None = None) -> tuple[dict[str, Any], str | None]:
@@ -58,7 +59,9 @@ def experiment_costs(e: ExperimentDag, rates: dict[str, Any], measured_on: str |
         return None, None
 
     def add(rule: str, jobs: int, seconds: float | None, basis: str, on: str | None) -> None:
-        out.append(RuleCost(rule, jobs, e.job(rule)["gpu"], None if seconds is None else seconds / 3600, basis, on))
+        j = e.job(rule)  # a job on several nodes holds gpu (per node) x nodes GPUs
+        out.append(RuleCost(rule, jobs, j["gpu"] * j["nodes"], None if seconds is None else seconds / 3600, basis, on,
+                            j["nodes"]))
 
     if e.trains_autoencoder:
         s1 = cfg["autoencoder"]["stage1"]
@@ -117,7 +120,8 @@ def to_markdown(costs: list[RuleCost], measured_on: str | None) -> str:
     lines = ["| rule | jobs | GPUs per job | GPU-hours | basis | measured on |", "|---|---|---|---|---|---|"]
     for c in costs:
         hours = "not measured" if c.gpu_hours is None else f"{c.gpu_hours:,.1f}"
-        lines.append(f"| {c.rule} | {c.jobs} | {c.gpus_per_job} | {hours} | {c.basis} | {c.measured_on or '-'} |")
+        gpus = f"{c.gpus_per_job} ({c.nodes} nodes x {c.gpus_per_job // c.nodes})" if c.nodes > 1 else c.gpus_per_job
+        lines.append(f"| {c.rule} | {c.jobs} | {gpus} | {hours} | {c.basis} | {c.measured_on or '-'} |")
     known = [c.gpu_hours for c in costs if c.gpu_hours is not None]
     total = f"{sum(known):,.1f}" + (" (partial: some rules not measured)" if len(known) < len(costs) else "")
     lines += ["", f"Total: {total} GPU-hours. Rates: "
