@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -44,6 +45,7 @@ log = logging.getLogger("pvdm")
 GRACE_SECONDS = 30  # a failed worker's peers get this long after SIGTERM before SIGKILL
 LAUNCHER_ENV = "PVDM_LAUNCHER_PID"
 RDZV_TIMEOUT_S = 600  # how long launchers wait for every node (Slurm starts an allocation's tasks together)
+LEAVE_SECONDS = 10  # node 0 keeps its store this long for nodes still ending (they look every second)
 FAILED_KEY = "pvdm/failed"  # set in the store by the node whose worker failed first
 
 
@@ -82,12 +84,23 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def first_slurm_host(nodelist: str) -> str:
-    """The first host of a Slurm node list (``node[01-04]`` -> ``node01``), as srun numbers them."""
+    """The address of the first host of a Slurm node list (``node[01-04]`` -> ``node01``), node 0
+    of srun's numbering."""
     out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=60)
     hosts = out.stdout.split()
     if out.returncode != 0 or not hosts:
         raise RendezvousError(f"`scontrol show hostnames {nodelist}` failed: {out.stderr.strip() or 'no hosts'}")
-    return hosts[0]
+    try:
+        socket.getaddrinfo(hosts[0], None)
+        return hosts[0]
+    except OSError:  # a node name that DNS does not know (several slurmd on one machine): its NodeAddr
+        shown = subprocess.run(["scontrol", "show", "node", "-o", hosts[0]], capture_output=True, text=True,
+                               timeout=60).stdout
+        addr = re.search(r"\bNodeAddr=(\S+)", shown)
+        if addr is None:
+            raise RendezvousError(f"node {hosts[0]} (first of {nodelist}) does not resolve and Slurm gives no "
+                                  "NodeAddr for it; pass --rdzv-endpoint HOST:PORT") from None
+        return addr.group(1)
 
 
 def rendezvous_from(args: argparse.Namespace, env: dict[str, str] | None = None) -> Rendezvous:
@@ -252,7 +265,7 @@ def _leave(store: Any, node_rank: int, nnodes: int) -> None:
     read a failure and do not take its closing for one."""
     try:
         ended = store.add("pvdm/ended", 1)
-        deadline = time.monotonic() + GRACE_SECONDS + 5
+        deadline = time.monotonic() + LEAVE_SECONDS
         while node_rank == 0 and ended < nnodes and time.monotonic() < deadline:
             time.sleep(0.2)
             ended = store.add("pvdm/ended", 0)
