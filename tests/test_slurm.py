@@ -1,14 +1,18 @@
-"""The tiny DAG through a real Slurm cluster: a single-node cluster on this machine (munged,
-slurmctld, slurmd; fake GPUs through GRES) started by tests/cluster/slurm-up.sh, Snakemake's
-Slurm executor with profiles/ci-slurm, the paper table at the end. Timing: bring-up 2-4 s
-(24 s on a fresh machine, apt-get included); each job adds a Snakemake start inside the job and
-the plugin's status polling, whose interval grows by 10 s per check (2, 12, 22, ... s), so a
-job is seen finished 14, 36, 68 or 110 s after the previous one. Measured on a shared 2-core box
-(load 10-14): 11-16 min for the DAG.
+"""The tiny DAG through a real Slurm cluster: two nodes on this machine (munged, slurmctld, one
+slurmd per node; fake GPUs through GRES) started by tests/cluster/slurm-up.sh (NODES=2),
+Snakemake's Slurm executor with profiles/ci-slurm, the paper table at the end. The autoencoder's
+stage 1 runs on both nodes (one launcher per node under srun); the diffusion job is requeued
+(`scontrol requeue`, a preemption) while it trains and later driven into its time limit, and must
+resume to the weights of an uninterrupted run. Timing: bring-up 2-4 s (24 s on a fresh machine,
+apt-get included); each job adds a Snakemake start inside the job and the plugin's status polling,
+whose interval grows by 10 s per check (2, 12, 22, ... s), so a job is seen finished 14, 36, 68 or
+110 s after the previous one. Measured on a shared 2-core box: 11-16 min for the DAG at load
+10-14, about 5 min at lower load.
 
 Runs only as root with apt-get or sbatch available (it installs and starts daemons), or with
 PVDM_TEST_SLURM=1; PVDM_TEST_SLURM=0 skips it. PVDM_SLURM_TIMEOUT bounds the Snakemake run
 (seconds, default 1200); PVDM_SLURM_KEEP=1 leaves the cluster running afterwards for debugging.
+The sbatch flags of every GPU request form are checked without a cluster (test_gpu_request_flags).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ PROFILE = REPO / "profiles" / "ci-slurm"
 GPU_RULE, GPUS = "train_diffusion", 2
 # The autoencoder's stage 1 runs on both nodes of the test cluster (one launcher each, c10d over
 # localhost, one fake GPU each); the diffusion training is requeued (`scontrol requeue`) while it trains.
-MULTINODE_RULE, REQUEUE_STEPS = "train_autoencoder", 40  # requeued at step 3+, time limit at step 12+
+MULTINODE_RULE, REQUEUE_STEPS = "train_autoencoder", 150  # requeued at step 3+, time limit at step 12+
 # Rules that must run as Slurm jobs (light rules such as paper_table may be localrules).
 SLURM_RULES = {"prepare_data", "train_autoencoder", "finetune_gan", "train_diffusion", "sample", "eval_fvd"}
 
