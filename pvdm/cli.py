@@ -76,15 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     worker = "RANK" in os.environ  # a process of a multi-process run (pvdm's launcher or torchrun)
-    if (args.nproc > 1 or args.nnodes > 1) and not worker:
+    nnodes = getattr(args, "nnodes", 1)
+    if (args.nproc > 1 or nnodes > 1) and not worker:
         if args.command not in MULTI_PROCESS_COMMANDS:
-            print(f"pvdm {args.command}: error: --nproc {args.nproc} --nnodes {args.nnodes}: only "
+            print(f"pvdm {args.command}: error: --nproc {args.nproc} --nnodes {nnodes}: only "
                   f"{', '.join(MULTI_PROCESS_COMMANDS)} run in several processes", file=sys.stderr)
             return 2
         from pvdm.train.launch import RendezvousError, launch, rendezvous_from
 
         try:
-            rdzv = rendezvous_from(args) if args.nnodes > 1 else None
+            rdzv = rendezvous_from(args) if nnodes > 1 else None
         except RendezvousError as e:
             print(f"pvdm {args.command}: error: {e}", file=sys.stderr)
             return 2

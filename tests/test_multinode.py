@@ -112,14 +112,14 @@ def test_a_node_that_never_starts_is_a_timeout_error_naming_it(tmp_path):
             "--out", str(tmp_path / "out")]
     port = free_port()
     t0 = time.monotonic()
-    alone = subprocess.run(launcher(0, port, *args, timeout_s=2), capture_output=True, text=True, env=ENV, timeout=60)
+    alone = subprocess.run(launcher(0, port, *args, timeout_s=1), capture_output=True, text=True, env=ENV, timeout=60)
     assert alone.returncode == 1 and time.monotonic() - t0 < 30
     assert alone.stderr.strip().splitlines()[-1] == (
-        f"pvdm train-diffusion: error: rendezvous at 127.0.0.1:{port} timed out after 2 s: 1 of 2 nodes joined; "
+        f"pvdm train-diffusion: error: rendezvous at 127.0.0.1:{port} timed out after 1 s: 1 of 2 nodes joined; "
         "missing: node 1 (its launcher did not start or cannot reach this host)")
-    orphan = subprocess.run(launcher(1, port, *args, timeout_s=2), capture_output=True, text=True, env=ENV, timeout=60)
+    orphan = subprocess.run(launcher(1, port, *args, timeout_s=1), capture_output=True, text=True, env=ENV, timeout=60)
     assert orphan.returncode == 1
-    assert f"node 1 could not reach node 0's rendezvous store at 127.0.0.1:{port} within 2 s" in orphan.stderr
+    assert f"node 1 could not reach node 0's rendezvous store at 127.0.0.1:{port} within 1 s" in orphan.stderr
     assert "Traceback" not in alone.stderr + orphan.stderr and "frame #" not in orphan.stderr
     # outside Slurm, a node needs to be told which it is and where node 0 is
     cmd = [sys.executable, "-m", "pvdm.cli", "--nnodes", "2", *args]

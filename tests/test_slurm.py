@@ -326,6 +326,18 @@ class Interruptions:
         self.plan.pop(0)
 
 
+def test_plan_counts_the_gpus_of_every_node():
+    from pvdm.config import load_config
+    from pvdm.report.cost import plan_costs, to_markdown
+
+    cfg = load_config(REPO / "config" / "ucf101.yaml")
+    cfg["experiments"]["ucf101"]["resources"]["train_diffusion"].update(nodes=2, gpus=4)
+    costs, on = plan_costs(cfg, Path("absent.json"))
+    (train,) = [c for c in costs if c.rule == "train_diffusion"]
+    assert (train.gpus_per_job, train.nodes) == (8, 2)
+    assert "| train_diffusion | 1 | 8 (2 nodes x 4) |" in to_markdown(costs, on)
+
+
 # pytest-timeout (600 s in pyproject) must not fire before our own, cleaner timeout: bring-up
 # (apt-get on a fresh machine) + the Snakemake run + teardown.
 @pytest.mark.slurm
