@@ -17,6 +17,7 @@ from pvdm.data import commands as data_commands
 from pvdm.eval import commands as eval_commands
 from pvdm.report import commands as report_commands
 from pvdm.train import commands as train_commands
+from pvdm.train.launch import add_options as add_launcher_options
 from pvdm.train.signals import RESUMABLE_EXIT_CODE, Interrupted
 from pvdm.utils.io import DiskFullError, FolderInUseError
 from pvdm.utils.progress import setup_logging
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(the order of reductions), so the Snakemake rules pass the config's resources.<stage> value, never "
         "what --cores leaves a job; default: OMP_NUM_THREADS, else every core",
     )
+    add_launcher_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     data_commands.register(sub)
     train_commands.register(sub)
@@ -74,14 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     worker = "RANK" in os.environ  # a process of a multi-process run (pvdm's launcher or torchrun)
-    if args.nproc > 1 and not worker:
+    nnodes = getattr(args, "nnodes", 1)
+    if (args.nproc > 1 or nnodes > 1) and not worker:
         if args.command not in MULTI_PROCESS_COMMANDS:
-            print(f"pvdm {args.command}: error: --nproc {args.nproc}: only {', '.join(MULTI_PROCESS_COMMANDS)} "
-                  "run in several processes", file=sys.stderr)
+            print(f"pvdm {args.command}: error: --nproc {args.nproc} --nnodes {nnodes}: only "
+                  f"{', '.join(MULTI_PROCESS_COMMANDS)} run in several processes", file=sys.stderr)
             return 2
-        from pvdm.train.launch import launch
+        from pvdm.train.launch import RendezvousError, launch, rendezvous_from
 
-        return launch(args.nproc, argv, args.command, args.verbose, getattr(args, "threads", None))
+        try:
+            rdzv = rendezvous_from(args) if nnodes > 1 else None
+        except RendezvousError as e:
+            print(f"pvdm {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        return launch(args.nproc, argv, args.command, args.verbose, getattr(args, "threads", None), rdzv)
     # Only rank 0 speaks for a multi-process run: the others would print the same line again.
     speaks = os.environ.get("RANK", "0") == "0" or args.verbose
     if getattr(args, "threads", None):

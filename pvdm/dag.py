@@ -10,7 +10,10 @@ and the CLI ask the same objects. Paths are relative to the working directory of
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,6 +82,35 @@ SAMPLE_KINDS = ("model", "untrained")  # the trained U-Net, and its initialisati
 HELD_OUT_SPLIT = "test"  # the data split reconstruction metrics and the comparison figure read
 # Snakemake wildcard constraints of the layout's templates
 WILDCARDS = {"kind": "|".join(SAMPLE_KINDS), "frames": "[0-9]+", "shard": "[0-9]+of[0-9]+"}
+# How Slurm jobs ask for GPUs (site settings, read where the DAG is built: README, "Slurm").
+GPU_REQUEST_ENV, GPU_MODEL_ENV = "PVDM_SLURM_GPU_REQUEST", "PVDM_SLURM_GPU_MODEL"
+GPU_REQUESTS = ("gpus", "gres")
+# Resources of the Slurm plugin that Dag.resources sets per job (absent when None)
+SLURM_KEYS = ("gpu", "gpu_model", "gres", "cpus_per_gpu", "cpus_per_task", "tasks_per_gpu", "nodes", "tasks", "mpi",
+              "slurm_extra")
+
+
+def gpu_request(gpus: int, nodes: int, env: Mapping[str, str]) -> dict[str, Any]:
+    """The plugin resources asking for ``gpus`` GPUs on each of ``nodes`` nodes, one form only:
+    PVDM_SLURM_GPU_REQUEST=gpus (default): ``--gpus=N`` (one node; ``gpu``) or ``--gpus-per-node=N``
+    (several; ``slurm_extra``), for clusters that take a GPU count; gres: ``--gres=gpu:N`` (per node),
+    for clusters whose scheduler rejects ``--gpus``. PVDM_SLURM_GPU_MODEL (e.g. a100) names the GPU
+    type in either form (``--gpus=a100:N``, ``--gres=gpu:a100:N``). No GPUs: no GPU flag at all."""
+    how, model = env.get(GPU_REQUEST_ENV) or "gpus", env.get(GPU_MODEL_ENV) or None
+    if how not in GPU_REQUESTS:
+        raise ValueError(f"{GPU_REQUEST_ENV}={how!r}: expected gpus (sbatch --gpus=N, the default) or gres "
+                         "(--gres=gpu:N, for clusters that reject --gpus)")
+    if model is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", model):
+        raise ValueError(f"{GPU_MODEL_ENV}={model!r}: expected a GPU type as the cluster names it (e.g. a100)")
+    if not gpus:
+        return {}
+    count = f"{model}:{gpus}" if model else str(gpus)
+    if how == "gres":
+        # --gres counts per node; tasks_per_gpu 0 stops the plugin from turning `tasks` into --ntasks-per-gpu
+        return {"gres": f"gpu:{count}"} | ({"tasks_per_gpu": 0} if nodes > 1 else {})
+    if nodes > 1:  # --gpus counts per job, which Slurm may spread unevenly over the nodes
+        return {"slurm_extra": f"--gpus-per-node={count}"}
+    return {"gpu": gpus, "gpu_model": model}
 
 
 @dataclass(frozen=True)
@@ -274,23 +306,73 @@ class ExperimentDag:
     # --- what a job asks for ------------------------------------------------------------------------
 
     def job(self, stage: str) -> dict[str, int]:
-        """Snakemake resources of a stage's jobs (resources.<stage> of the config): gpu, cpus_per_gpu,
-        mem_mb, runtime, threads, and nproc (processes per job: DDP when above 1)."""
+        """Snakemake resources of a stage's jobs (resources.<stage> of the config): gpu and nproc
+        (GPUs and processes per node: DDP when above 1), nodes, cpus_per_gpu, mem_mb, runtime and
+        threads (per node)."""
         r = self.cfg["resources"][stage]
+        key = f"experiments.{self.id}.resources.{stage}"
         multi = stage in MULTI_PROCESS_STAGES
-        if not multi and (r["gpus"] > 1 or r["processes"] > 1):
+        if not multi and (r["gpus"] > 1 or r["processes"] > 1 or r["nodes"] > 1):
             raise ValueError(
-                f"experiments.{self.id}.resources.{stage}: gpus {r['gpus']}, processes {r['processes']}: "
+                f"{key}: gpus {r['gpus']}, processes {r['processes']}, nodes {r['nodes']}: "
                 f"{stage} jobs run one process on one device each"
                 + ("; spread sampling over GPUs with resources.sample.shards" if stage == "sample" else "")
             )
         nproc = max(r["gpus"], r["processes"]) if multi else 1
         if r["gpus"] > 1 and r["processes"] not in (1, r["gpus"]):
-            raise ValueError(f"experiments.{self.id}.resources.{stage}: processes must be 1 or equal to gpus "
-                             f"({r['gpus']}): one process per GPU")
+            raise ValueError(f"{key}: processes must be 1 or equal to gpus ({r['gpus']}): one process per GPU")
+        if multi:
+            self._check_batch_splits(stage, r["nodes"], nproc)
         threads = r["cpus_per_gpu"] * r["gpus"] if r["gpus"] else r["cpus"]
         return {"gpu": r["gpus"], "cpus_per_gpu": r["cpus_per_gpu"], "mem_mb": r["mem_mb"], "runtime": r["runtime"],
-                "threads": threads, "nproc": nproc}
+                "threads": threads, "nproc": nproc, "nodes": r["nodes"]}
+
+    def _check_batch_splits(self, stage: str, nodes: int, nproc: int) -> None:
+        """The global batch of a training stage splits evenly over its processes (each rank takes
+        batch / world size): checked when the DAG is built, not after the allocation started."""
+        section = {"train_autoencoder": ("autoencoder", "stage1"), "finetune_gan": ("autoencoder", "gan"),
+                   "train_diffusion": ("diffusion", "train")}[stage]
+        cfg = self.cfg.get(section[0], {}).get(section[1])
+        world = nodes * nproc
+        if cfg is None or self.released or cfg["batch_size"] % world == 0:
+            return
+        r = self.cfg["resources"][stage]
+        per_node = f"gpus {r['gpus']}" if r["gpus"] else f"processes {r['processes']}"
+        raise ValueError(
+            f"experiments.{self.id}.{'.'.join(section)}.batch_size = {cfg['batch_size']} does not split over "
+            f"{world} processes (resources.{stage}: nodes {nodes} x {per_node}); choose a multiple of {world}")
+
+    def launcher(self, stage: str) -> str:
+        """The start of a training job's command line: ``pvdm`` with the job's threads and processes
+        per node; on several nodes, one launcher per node through ``srun`` (inside the allocation,
+        where the Slurm jobstep does not wrap the command: ``mpi`` in ``Dag.resources``). Node rank
+        and rendezvous come from Slurm's variables (pvdm.train.launch)."""
+        j = self.job(stage)
+        pvdm = f"pvdm --threads {j['threads']} --nproc {j['nproc']}"
+        if j["nodes"] == 1:
+            return pvdm
+        n = j["nodes"]
+        return (f"srun --nodes={n} --ntasks={n} --ntasks-per-node=1 --cpus-per-task={j['threads']} "
+                f"{pvdm} --nnodes {n}")
+
+    def slurm_resources(self, stage: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+        """Snakemake resources (snakemake-executor-plugin-slurm's keys) asking for a job's GPUs and
+        nodes: ``gpu`` (and ``cpus_per_gpu``) for one node, ``nodes``/``tasks``/``mpi`` for several,
+        the GPUs in the form the site takes (``gpu_request``)."""
+        j = self.job(stage)
+        gpus, nodes = j["gpu"], j["nodes"]
+        out: dict[str, Any] = gpu_request(gpus, nodes, os.environ if env is None else env)
+        if nodes > 1:
+            # one task per node, each a launcher of nproc workers; the plugin's jobstep runs the
+            # command as it is (mpi), which starts the tasks itself (srun, in `launcher`)
+            extra = " ".join(filter(None, ["--ntasks-per-node=1", out.pop("slurm_extra", None)]))
+            out |= {"nodes": nodes, "tasks": nodes, "mpi": "srun", "slurm_extra": extra,
+                    "cpus_per_task": j["threads"]}
+        elif gpus and "gpu" in out:
+            out["cpus_per_gpu"] = j["cpus_per_gpu"]
+        elif gpus:  # --gres: CPUs per task, as --cpus-per-gpu needs a --gpus count on some Slurm versions
+            out["cpus_per_task"] = j["threads"]
+        return out
 
     def released_files(self) -> dict[str, str]:
         """The original-format checkpoints import_released converts (released.autoencoder / .diffusion)."""
@@ -322,10 +404,10 @@ class ExperimentDag:
 
     def numerics(self, stage: str) -> str:
         """What changes a job's numbers besides its settings and inputs: the device kind, the process
-        count and, on CPU, the thread count (resources.<stage>), as JSON. A rule param, so changing it
+        count (all nodes) and, on CPU, the thread count (resources.<stage>), as JSON. A rule param, so changing it
         reruns the job; the job's identity (state.pt, sample cards) records what it ran with."""
         j = self.job(stage)
-        return json.dumps({"device": "cuda" if j["gpu"] else "cpu", "processes": j["nproc"],
+        return json.dumps({"device": "cuda" if j["gpu"] else "cpu", "processes": j["nodes"] * j["nproc"],
                            "threads": None if j["gpu"] else j["threads"]}, sort_keys=True)
 
     def shards(self, frames: int) -> list[str]:
@@ -424,10 +506,16 @@ class Dag:
     def resources(self, stage: str) -> dict[str, Any]:
         """``cpu_threads`` is the job's thread count from the config, which the rule passes to
         ``pvdm --threads``: Snakemake's ``{threads}`` shrinks to ``--cores``, and on CPU the
-        numbers would follow it."""
-        keys = {"gpu": "gpu", "cpus_per_gpu": "cpus_per_gpu", "mem_mb": "mem_mb", "runtime": "runtime",
-                "nproc": "nproc", "cpu_threads": "threads"}
-        return {name: (lambda w, key=key: self[w.exp].job(stage)[key]) for name, key in keys.items()}
+        numbers would follow it. ``launch`` is the start of a training command (``launcher``); the
+        Slurm keys (``slurm_resources``) ask for the GPUs and nodes. A key whose value is None is
+        left out of the job's resources."""
+        keys = {"mem_mb": "mem_mb", "runtime": "runtime", "nproc": "nproc", "cpu_threads": "threads"}
+        out: dict[str, Any] = {name: (lambda w, key=key: self[w.exp].job(stage)[key]) for name, key in keys.items()}
+        for name in SLURM_KEYS:
+            out[name] = lambda w, name=name: self[w.exp].slurm_resources(stage).get(name)
+        if stage in MULTI_PROCESS_STAGES:
+            out["launch"] = lambda w: self[w.exp].launcher(stage)
+        return out
 
     def threads(self, stage: str) -> Any:
         return lambda w: self[w.exp].job(stage)["threads"]

@@ -1,14 +1,18 @@
-"""The tiny DAG through a real Slurm cluster: a single-node cluster on this machine (munged,
-slurmctld, slurmd; fake GPUs through GRES) started by tests/cluster/slurm-up.sh, Snakemake's
-Slurm executor with profiles/ci-slurm, the paper table at the end. Timing: bring-up 2-4 s
-(24 s on a fresh machine, apt-get included); each job adds a Snakemake start inside the job and
-the plugin's status polling, whose interval grows by 10 s per check (2, 12, 22, ... s), so a
-job is seen finished 14, 36, 68 or 110 s after the previous one. Measured on a shared 2-core box
-(load 10-14): 11-16 min for the DAG.
+"""The tiny DAG through a real Slurm cluster: two nodes on this machine (munged, slurmctld, one
+slurmd per node; fake GPUs through GRES) started by tests/cluster/slurm-up.sh (NODES=2),
+Snakemake's Slurm executor with profiles/ci-slurm, the paper table at the end. The autoencoder's
+stage 1 runs on both nodes (one launcher per node under srun); the diffusion job is requeued
+(`scontrol requeue`, a preemption) while it trains and later driven into its time limit, and must
+resume to the weights of an uninterrupted run. Timing: bring-up 2-4 s (24 s on a fresh machine,
+apt-get included); each job adds a Snakemake start inside the job and the plugin's status polling,
+whose interval grows by 10 s per check (2, 12, 22, ... s), so a job is seen finished 14, 36, 68 or
+110 s after the previous one. Measured on a shared 2-core box: 11-16 min for the DAG at load
+10-14, about 5 min at lower load.
 
 Runs only as root with apt-get or sbatch available (it installs and starts daemons), or with
 PVDM_TEST_SLURM=1; PVDM_TEST_SLURM=0 skips it. PVDM_SLURM_TIMEOUT bounds the Snakemake run
 (seconds, default 1200); PVDM_SLURM_KEEP=1 leaves the cluster running afterwards for debugging.
+The sbatch flags of every GPU request form are checked without a cluster (test_gpu_request_flags).
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ PROFILE = REPO / "profiles" / "ci-slurm"
 # a real cluster: 2 of the fake cluster's GPUs, so the job runs torchrun with 2 processes (gloo:
 # no CUDA on this machine).
 GPU_RULE, GPUS = "train_diffusion", 2
+# The autoencoder's stage 1 runs on both nodes of the test cluster (one launcher each, c10d over
+# localhost, one fake GPU each); the diffusion training is requeued (`scontrol requeue`) while it trains.
+# slurmctld enforces time limits every 30 s, so the job must train on for more than that after its
+# limit is set: 200 tiny steps take about a minute on 2 cores.
+MULTINODE_RULE, REQUEUE_STEPS = "train_autoencoder", 200  # requeued at step 3+, time limit at step 10+
 # Rules that must run as Slurm jobs (light rules such as paper_table may be localrules).
 SLURM_RULES = {"prepare_data", "train_autoencoder", "finetune_gan", "train_diffusion", "sample", "eval_fvd"}
 
@@ -78,8 +87,9 @@ def tail(out: str, lines: int = 80) -> str:
 
 
 def script(name: str, timeout: int) -> subprocess.CompletedProcess:
+    # two nodes on this machine (one slurmd each), each with all CPUs and 2 fake GPUs
     return subprocess.run(
-        ["bash", str(CLUSTER / name)], capture_output=True, text=True, timeout=timeout, env=ENV
+        ["bash", str(CLUSTER / name)], capture_output=True, text=True, timeout=timeout, env=ENV | {"NODES": "2"}
     )
 
 
@@ -119,11 +129,12 @@ def cluster_queue() -> list[tuple[str, str, str]]:
     return [tuple(line.split("|", 2)) for line in out.splitlines() if line.count("|") == 2]
 
 
-def run_snakemake(workdir: Path, log: Path, *args: str) -> tuple[int, float, str]:
+def run_snakemake(workdir: Path, log: Path, *args: str, during=None) -> tuple[int, float, str]:  # noqa: ANN001
     """Run Snakemake in its own process group and SIGKILL the whole group (Snakemake ignores
     SIGTERM while it waits on job status) on timeout, or when the cluster is stuck: a job pending
     while nothing runs for STALL_S seconds (e.g. a request the node can never satisfy), which
-    Snakemake would wait on forever. Returns (rc, wall seconds, why it was killed or "")."""
+    Snakemake would wait on forever. ``during()`` is called every second while it runs. Returns
+    (rc, wall seconds, why it was killed or "")."""
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
     t0 = time.monotonic()
     stalled_since, killed = None, ""
@@ -148,7 +159,10 @@ def run_snakemake(workdir: Path, log: Path, *args: str) -> tuple[int, float, str
                 if killed:
                     os.killpg(proc.pid, signal.SIGKILL)
                     break
-                time.sleep(5)
+                for _ in range(5):
+                    if during is not None:
+                        during()
+                    time.sleep(1)
         finally:  # also on pytest-timeout or Ctrl-C: never leave Snakemake behind
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -181,23 +195,193 @@ def test_slurm_profile_dry_run(tmp_path):
     assert "slurm_partition=cpu" in cpu and "qos=normal" in cpu and "constraint" not in cpu, cpu
 
 
+class Resources(dict):
+    """A job's resources as the Slurm plugin reads them (``job.resources.get(k)``, ``job.resources.k``)."""
+
+    def __getattr__(self, key: str):  # noqa: ANN204
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def sbatch_flags(stage: str, resources: dict, env: dict[str, str]) -> str:
+    """The sbatch options that snakemake-executor-plugin-slurm (the pinned version) makes of a job of
+    ``stage`` with ``resources.<stage>`` of the tiny experiment, under the GPU request ``env``."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    from pvdm.config import validate
+    from pvdm.dag import Dag
+
+    tiny = yaml.safe_load((DATA / "tiny.yaml").read_text())
+    tiny["experiments"]["tiny"]["resources"] = {stage: resources}
+    tiny["experiments"]["tiny"]["diffusion"]["train"]["batch_size"] = 16  # splits over 1, 2, 4, 8 processes
+    exp = Dag(validate(tiny))["tiny"]
+    j = exp.job(stage)
+    res = Resources(mem_mb=j["mem_mb"], runtime=j["runtime"], **exp.slurm_resources(stage, env))
+    job = SimpleNamespace(resources=res, threads=j["threads"])
+    validate_slurm_extra(job)  # the plugin refuses flags it manages in slurm_extra
+    params = {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c", "account": "", "partition": "-p gpu",
+              "workdir": ""}
+    call = get_submit_command(job, params) + set_gres_string(job)
+    return " ".join(call.split()[11:])  # after sbatch --parsable --job-name u --output l --export --comment c -p gpu
+
+
+@pytest.mark.parametrize(
+    ("env", "resources", "want"),
+    [
+        ({}, {"gpus": 2, "cpus_per_gpu": 4}, "-t 120 --mem 8000 --cpus-per-gpu=4 --gpus=2"),
+        ({"PVDM_SLURM_GPU_MODEL": "a100"}, {"gpus": 2, "cpus_per_gpu": 4},
+         "-t 120 --mem 8000 --cpus-per-gpu=4 --gpus=a100:2"),
+        ({"PVDM_SLURM_GPU_REQUEST": "gres"}, {"gpus": 2, "cpus_per_gpu": 4},
+         "-t 120 --mem 8000 --cpus-per-task=8 --gres=gpu:2"),
+        ({"PVDM_SLURM_GPU_REQUEST": "gres", "PVDM_SLURM_GPU_MODEL": "a100"}, {"gpus": 2, "cpus_per_gpu": 4},
+         "-t 120 --mem 8000 --cpus-per-task=8 --gres=gpu:a100:2"),
+        # 2 nodes x 4 GPUs: one task per node (the launcher), GPUs counted per node in both forms
+        ({}, {"gpus": 4, "cpus_per_gpu": 8, "nodes": 2},
+         "-t 120 --mem 8000 --nodes=2 --ntasks=2 --cpus-per-task=32 --ntasks-per-node=1 --gpus-per-node=4"),
+        ({"PVDM_SLURM_GPU_MODEL": "h100"}, {"gpus": 4, "cpus_per_gpu": 8, "nodes": 2},
+         "-t 120 --mem 8000 --nodes=2 --ntasks=2 --cpus-per-task=32 --ntasks-per-node=1 --gpus-per-node=h100:4"),
+        ({"PVDM_SLURM_GPU_REQUEST": "gres"}, {"gpus": 4, "cpus_per_gpu": 8, "nodes": 2},
+         "-t 120 --mem 8000 --nodes=2 --ntasks=2 --cpus-per-task=32 --ntasks-per-node=1 --gres=gpu:4"),
+        # CPU jobs ask for no GPU whatever the form (a GPU model alone must not request one)
+        ({"PVDM_SLURM_GPU_REQUEST": "gres", "PVDM_SLURM_GPU_MODEL": "a100"}, {"cpus": 3},
+         "-t 120 --mem 8000 --ntasks=1 --cpus-per-task=3"),
+        ({"PVDM_SLURM_GPU_MODEL": "a100"}, {"processes": 2, "cpus": 4, "nodes": 2},
+         "-t 120 --mem 8000 --nodes=2 --ntasks=2 --cpus-per-task=4 --ntasks-per-node=1"),
+    ],
+)
+def test_gpu_request_flags(env, resources, want):
+    flags = sbatch_flags("train_diffusion", resources, env)
+    assert flags == want
+    assert not ("--gpus" in flags and "--gres" in flags)  # one form, never both
+
+
+def test_gpu_request_bad_settings():
+    with pytest.raises(ValueError, match=r"PVDM_SLURM_GPU_REQUEST='gpu': expected gpus .* or gres"):
+        sbatch_flags("train_diffusion", {"gpus": 1}, {"PVDM_SLURM_GPU_REQUEST": "gpu"})
+    with pytest.raises(ValueError, match=r"PVDM_SLURM_GPU_MODEL='a100 x2': expected a GPU type"):
+        sbatch_flags("train_diffusion", {"gpus": 1}, {"PVDM_SLURM_GPU_MODEL": "a100 x2"})
+    # the global batch must split over nodes x GPUs: known when the DAG is built
+    with pytest.raises(ValueError, match=r"experiments.tiny.diffusion.train.batch_size = 16 does not split over 6 "
+                       r"processes \(resources.train_diffusion: nodes 2 x gpus 3\); choose a multiple of 6"):
+        sbatch_flags("train_diffusion", {"gpus": 3, "nodes": 2}, {})
+    with pytest.raises(ValueError, match=r"resources.sample: gpus 1, processes 1, nodes 2: sample jobs run one"):
+        sbatch_flags("sample", {"gpus": 1, "nodes": 2}, {})
+
+
+class Interruptions:
+    """Interrupt the Slurm job of ``rule`` while it trains, once per entry of ``plan`` (what, after
+    how many logged steps), each after the previous one has resumed:
+
+    * ``requeue``: ``scontrol requeue``, as a preemption does: Slurm SIGTERMs the job, puts it back
+      in the queue and starts it again under the same job id (Slurm holds a requeued job back for
+      2 minutes, its BeginTime; this starts it at once).
+    * ``time limit``: ``scontrol update EndTime=now``: the job's time limit is reached at
+      slurmctld's next time-limit check (at most 30 s), Slurm SIGTERMs it ("CANCELLED ... DUE TO TIME LIMIT", state TIMEOUT) and Snakemake
+      submits it again (``--retries 1``).
+
+    Called every second while Snakemake runs; records the jobs, the steps each run stopped at and
+    resumed from (from the rule's log, which each run overwrites), and Slurm's restart count."""
+
+    def __init__(self, rule: str, steps_log: Path, rule_log: Path, plan: list[tuple[str, int]]):
+        self.rule, self.steps_log, self.rule_log, self.plan = rule, steps_log, rule_log, list(plan)
+        self.done: list[tuple[str, str]] = []  # (what, Slurm job id)
+        self.stopped: set[int] = set()  # "stopped by SIGTERM at step N" seen in the rule's log
+        self.resumed: set[int] = set()  # "resuming from ... at step N"
+        self.restarts: int | None = None
+
+    def running_job(self) -> str | None:
+        queue = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i|%k"], capture_output=True, text=True,
+                               timeout=30).stdout
+        jobs = [i for i, _, c in (line.partition("|") for line in queue.splitlines()) if c.startswith(f"rule_{self.rule}")]
+        return jobs[0] if jobs else None
+
+    def __call__(self) -> None:
+        text = self.rule_log.read_text() if self.rule_log.is_file() else ""
+        self.stopped |= {int(n) for n in re.findall(r"stopped by SIGTERM at step (\d+)", text)}
+        self.resumed |= {int(n) for n in re.findall(r"resuming from \S+ at step (\d+)", text)}
+        if self.done and self.done[-1][0] == "requeue":
+            shown = subprocess.run(["scontrol", "show", "job", "-o", self.done[-1][1]], capture_output=True,
+                                   text=True, timeout=30).stdout
+            if "JobState=PENDING" in shown and "Reason=BeginTime" in shown:
+                subprocess.run(["scontrol", "update", f"JobId={self.done[-1][1]}", "StartTime=now"], timeout=30)
+            restarts = re.search(r"\bRestarts=(\d+)", shown)
+            if restarts and "JobState=RUNNING" in shown:
+                self.restarts = int(restarts.group(1))
+        if not self.plan or len(self.resumed) < len(self.done):  # the last interruption has not resumed yet
+            return
+        what, after = self.plan[0]
+        if not self.steps_log.is_file() or self.steps_log.read_text().count("\n") < after:
+            return
+        job = self.running_job()
+        if job is None:
+            return
+        cmd = ["requeue", job] if what == "requeue" else ["update", f"JobId={job}", "EndTime=now"]
+        done = subprocess.run(["scontrol", *cmd], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        self.done.append((what, job))
+        self.plan.pop(0)
+
+
+def test_plan_counts_the_gpus_of_every_node():
+    from pvdm.config import load_config
+    from pvdm.report.cost import plan_costs, to_markdown
+
+    cfg = load_config(REPO / "config" / "ucf101.yaml")
+    cfg["experiments"]["ucf101"]["resources"]["train_diffusion"].update(nodes=2, gpus=4)
+    costs, on = plan_costs(cfg, Path("absent.json"))
+    (train,) = [c for c in costs if c.rule == "train_diffusion"]
+    assert (train.gpus_per_job, train.nodes) == (8, 2)
+    assert "| train_diffusion | 1 | 8 (2 nodes x 4) |" in to_markdown(costs, on)
+
+
 # pytest-timeout (600 s in pyproject) must not fire before our own, cleaner timeout: bring-up
 # (apt-get on a fresh machine) + the Snakemake run + teardown.
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT + 1200)
-def test_tiny_dag_through_slurm(slurm_cluster, tmp_path, pytestconfig):
+def test_tiny_dag_through_slurm(slurm_cluster, tmp_path, pytestconfig, request):
     # The tiny experiment without the long-video and untrained-U-Net branches: 9 Slurm jobs
     # instead of 13 (test_pipeline covers those branches locally); the cluster path is the same.
     tiny = yaml.safe_load((DATA / "tiny.yaml").read_text())
     tiny["experiments"]["tiny"]["sampling"].update(long_videos=0, untrained_baseline=False)
     tiny["experiments"]["tiny"]["resources"] = {
         GPU_RULE: {"gpus": GPUS, "cpus_per_gpu": 1},
+        MULTINODE_RULE: {"gpus": 1, "cpus_per_gpu": 1, "nodes": 2},  # one fake GPU on each of the two nodes
         "sample": {"gpus": 1, "cpus_per_gpu": 1, "shards": 2},  # two sampling jobs, gathered
     }
+    # the diffusion training runs long enough (a few seconds) to be requeued while it trains
+    tiny["experiments"]["tiny"]["diffusion"]["train"].update(steps=REQUEUE_STEPS, save_every=1)
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(tiny))
     log = tmp_path / "snakemake.log"
+    rule_log = tmp_path / "results" / "tiny" / "logs" / f"{GPU_RULE}.log"
+    steps_log = tmp_path / "results" / "tiny" / "diffusion" / "log.jsonl"
+    interrupt = Interruptions(GPU_RULE, steps_log, rule_log, [("requeue", 3), ("time limit", 10)])
+    # the uninterrupted run of the same command, started once its input exists: it runs while
+    # Snakemake waits on the cluster (the CPUs idle between status polls), not after the DAG
+    from pvdm.config import validate
+    from pvdm.dag import Dag
+
+    exp = Dag(validate(yaml.safe_load(cfg.read_text())))["tiny"]
+    straight, gan = tmp_path / "straight", tmp_path / "results" / "tiny" / "autoencoder" / "gan" / "model.pt"
+    reference_cmd = [*exp.launcher(GPU_RULE).split(), "train-diffusion", "--settings", exp.settings("diffusion"),
+                     "--data", "results/tiny/data", "--autoencoder", str(gan.relative_to(tmp_path)),
+                     "--out", str(straight)]
+    reference: list[subprocess.Popen] = []
+    request.addfinalizer(lambda: [p.kill() for p in reference if p.poll() is None])  # never left running
+
+    def during() -> None:
+        interrupt()
+        if not reference and gan.is_file():
+            reference.append(subprocess.Popen(reference_cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                              stderr=(tmp_path / "straight.log").open("w"), env=ENV))
+
     rc, wall, killed = run_snakemake(
         tmp_path,
         log,
@@ -206,6 +390,9 @@ def test_tiny_dag_through_slurm(slurm_cluster, tmp_path, pytestconfig):
         "--configfile",
         str(cfg),
         "--verbose",  # the plugin logs its sbatch command lines at debug level
+        "--retries",
+        "1",  # a job that hit its time limit is submitted again (as profiles/slurm does)
+        during=during,
     )
     out = log.read_text()
     say(
@@ -236,9 +423,11 @@ def test_tiny_dag_through_slurm(slurm_cluster, tmp_path, pytestconfig):
     assert len(sbatch) == len(submitted)
 
     # the GPU rule asked Slurm for GPUs, and Slurm bound them to the step the rule ran in
-    (gpu_call,) = [c for c in sbatch if f"/rule_{GPU_RULE}/" in c.split(" --wrap=")[0]]
+    # (the GPU rule was submitted twice: again after its time limit, below; every other job once)
+    assert {r: len(j) for r, j in rules.items() if len(j) > 1 and r != "sample"} == {GPU_RULE: 2}, rules
+    gpu_call = [c for c in sbatch if f"/rule_{GPU_RULE}/" in c.split(" --wrap=")[0]][0]
     assert f"--gpus={GPUS}" in gpu_call and "--cpus-per-gpu=1" in gpu_call, gpu_call
-    ((gpu_job, gpu_log),) = rules[GPU_RULE]
+    (gpu_job, gpu_log), (retry_job, _) = rules[GPU_RULE]
     want = ",".join(map(str, range(GPUS)))
     prolog = re.findall(
         r"^slurm-task: job=(\d+) step=(\S+) .*CUDA_VISIBLE_DEVICES=(\S+)", gpu_log.read_text(), re.M
@@ -248,11 +437,11 @@ def test_tiny_dag_through_slurm(slurm_cluster, tmp_path, pytestconfig):
         f"step 0 of job {gpu_job} did not see CUDA_VISIBLE_DEVICES={want}"
     )
     # the training command itself reports what it saw (once pvdm logs its device setup)
-    rule_log = (tmp_path / "results" / "tiny" / "logs" / f"{GPU_RULE}.log").read_text()
-    seen = re.findall(r"CUDA_VISIBLE_DEVICES=([^\s;,]+(?:,[^\s;,]+)*)", rule_log)
+    gpu_rule_log = rule_log.read_text()
+    seen = re.findall(r"CUDA_VISIBLE_DEVICES=([^\s;,]+(?:,[^\s;,]+)*)", gpu_rule_log)
     say(pytestconfig, f"{GPU_RULE} log: CUDA_VISIBLE_DEVICES={seen or 'not logged'}")
     assert seen and all(v == want for v in seen), seen
-    assert "launching 2 processes" in rule_log and "processes: 2 (gloo)" in rule_log  # DDP processes in the job
+    assert "launching 2 processes" in gpu_rule_log and "processes: 2 (gloo)" in gpu_rule_log  # DDP processes in the job
     assert len(rules["sample"]) == 2  # the sample set was drawn by two jobs
     # jobs without a GPU request see no GPU
     _, cpu_log = rules["prepare_data"][0]
@@ -264,3 +453,48 @@ def test_tiny_dag_through_slurm(slurm_cluster, tmp_path, pytestconfig):
         f for f in shown.split() if f.split("=")[0] in ("JobState", "NumCPUs", "TresPerJob", "TRES")
     )
     say(pytestconfig, f"scontrol show job {gpu_job}: {tres or '(job record gone: MinJobAge passed)'}")
+
+    # one job on two nodes: one launcher per node under srun, one world of 2 processes
+    (mn_call,) = [c for c in sbatch if f"/rule_{MULTINODE_RULE}/" in c.split(" --wrap=")[0]]
+    for flag in ("--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--gpus-per-node=1"):
+        assert flag in mn_call.split(" --wrap=")[0], (flag, mn_call)
+    ((mn_job, _),) = rules[MULTINODE_RULE]
+    # the srun tasks' output (TaskProlog lines included) goes to the rule's log, where srun's goes
+    mn_rule_log = (tmp_path / "results" / "tiny" / "logs" / f"{MULTINODE_RULE}.log").read_text()
+    steps = re.findall(rf"^slurm-task: job={mn_job} step=0 node=(\S+) CUDA_VISIBLE_DEVICES=(\S+)", mn_rule_log, re.M)
+    say(pytestconfig, f"{MULTINODE_RULE} job {mn_job}: srun step 0 tasks (node, CUDA_VISIBLE_DEVICES): {steps}")
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True, timeout=30).stdout.strip()
+    assert sorted(steps) == [(f"{host}-0", "0"), (f"{host}-1", "0")]  # slurm-up.sh's node names
+    assert "on node 0 of 2" in mn_rule_log and "on node 1 of 2" in mn_rule_log, mn_rule_log[-3000:]
+    assert "processes: 2 (gloo)" in mn_rule_log
+
+    # preemption, then a time limit: Slurm requeued the diffusion job while it trained; it saved and
+    # exited resumable, ran again under the same job id and resumed from its state.pt; then the job
+    # hit its time limit, saved, ended TIMEOUT, Snakemake submitted it again, it resumed and finished
+    say(pytestconfig, f"interruptions: {interrupt.done}; Slurm restarts: {interrupt.restarts}; stopped at steps "
+        f"{sorted(interrupt.stopped)}, resumed at {sorted(interrupt.resumed)}")
+    assert interrupt.done == [("requeue", str(gpu_job)), ("time limit", str(gpu_job))], interrupt.done
+    assert interrupt.restarts == 1
+    shown = subprocess.run(["scontrol", "show", "job", "-o", str(gpu_job)], capture_output=True, text=True,
+                           timeout=30).stdout
+    assert "JobState=TIMEOUT" in shown or not shown.strip(), shown  # (the record is gone after MinJobAge)
+    assert "DUE TO TIME LIMIT" in gpu_log.read_text()
+    assert len(interrupt.stopped) == 2 and interrupt.stopped == interrupt.resumed, (interrupt.stopped, interrupt.resumed)
+    first, second = sorted(interrupt.stopped)
+    assert 3 <= first < 10 <= second < REQUEUE_STEPS
+    state = tmp_path / "results" / "tiny" / "diffusion" / "state.pt"
+    assert f"resuming from {state.relative_to(tmp_path)} at step {second}" in rule_log.read_text()
+    assert steps_log.read_text().count("\n") == REQUEUE_STEPS  # every step logged once
+    # ... and ended with the weights of an uninterrupted run of the same command
+    import torch
+
+    from pvdm.checkpoints import load_diffusion
+
+    assert reference, "the reference run never started"
+    t0 = time.monotonic()
+    assert reference[0].wait(timeout=900) == 0, (tmp_path / "straight.log").read_text()[-3000:]
+    say(pytestconfig, f"uninterrupted reference run: done {time.monotonic() - t0:.1f}s after the DAG")
+    for name in ("model.pt", "ema.pt"):
+        a = load_diffusion(straight / name).state_dict()
+        b = load_diffusion(tmp_path / "results" / "tiny" / "diffusion" / name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -40,6 +40,7 @@ class RuleCost:
     gpu_hours: float | None
     basis: str
     measured_on: str | None = None
+    nodes: int = 1  # per job
 
 
 def load_rates(path: str | os.PathLike | None = None) -> tuple[dict[str, Any], str | None]:
@@ -82,7 +83,8 @@ def find_rate(rates: dict[str, Any], name: str, per_gpu_batch: int | None, measu
 def per_gpu_batch(e: ExperimentDag, rule: str, batch: int) -> tuple[int, int]:
     """(GPUs of a job of ``rule``, the batch each of them runs): the global ``batch`` split over the
     job's processes (one per GPU; a CPU job counts as one device per process)."""
-    devices = max(e.job(rule)["nproc"], 1)
+    job = e.job(rule)
+    devices = max(job["nproc"], 1) * job.get("nodes", 1)  # nproc is per node
     return devices, batch // devices
 
 
@@ -95,11 +97,12 @@ def training_cost(e: ExperimentDag, rule: str, section: dict[str, Any], rate_nam
     r = find_rate(rates, rate_name, per_gpu, measured_on)
     basis = (f"{section['steps']:,} steps x batch {section['batch_size']} / {gpus} GPU(s) = {per_gpu} per GPU"
              + (f" x {accum} micro-batches" if accum > 1 else ""))
+    nodes = job.get("nodes", 1)  # a job on several nodes holds gpu (per node) x nodes GPUs
     if r.value is None:
-        return RuleCost(rule, 1, job["gpu"], None, basis + r.note)
+        return RuleCost(rule, 1, job["gpu"] * nodes, None, basis + r.note, nodes=nodes)
     wall_s = section["steps"] * per_gpu * accum / r.value
-    return RuleCost(rule, 1, job["gpu"], gpus * wall_s / 3600,
-                    f"{basis}, at {r.value:.3g} {what}/s per GPU{r.note}; {gpus} GPU(s) x wall", r.measured_on)
+    return RuleCost(rule, 1, job["gpu"] * nodes, gpus * wall_s / 3600,
+                    f"{basis}, at {r.value:.3g} {what}/s per GPU{r.note}; {gpus} GPU(s) x wall", r.measured_on, nodes)
 
 
 def sampling_costs(e: ExperimentDag, rates: dict[str, Any], measured_on: str | None) -> list[RuleCost]:
@@ -162,7 +165,8 @@ def to_markdown(costs: list[RuleCost], measured_on: str | None) -> str:
     lines = ["| rule | jobs | GPUs per job | GPU-hours | basis | measured on |", "|---|---|---|---|---|---|"]
     for c in costs:
         hours = "not measured" if c.gpu_hours is None else f"{c.gpu_hours:,.1f}"
-        lines.append(f"| {c.rule} | {c.jobs} | {c.gpus_per_job} | {hours} | {c.basis} | {c.measured_on or '-'} |")
+        gpus = f"{c.gpus_per_job} ({c.nodes} nodes x {c.gpus_per_job // c.nodes})" if c.nodes > 1 else c.gpus_per_job
+        lines.append(f"| {c.rule} | {c.jobs} | {gpus} | {hours} | {c.basis} | {c.measured_on or '-'} |")
     known = [c.gpu_hours for c in costs if c.gpu_hours is not None]
     total = f"{sum(known):,.1f}" + (" (partial: some rules not measured)" if len(known) < len(costs) else "")
     lines += ["", f"Total: {total} GPU-hours. Rates: "

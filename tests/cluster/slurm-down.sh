@@ -13,7 +13,6 @@ set -uo pipefail
 
 WAIT_S="${SLURM_DOWN_WAIT:-15}"
 CTLD_PID=/run/slurm/slurmctld.pid
-SLURMD_PID=/run/slurm/slurmd.pid
 MUNGE_PID=/run/munge/munged.pid
 T0=$(date +%s.%N)
 rc=0
@@ -66,7 +65,9 @@ if pid_of "$CTLD_PID" slurmctld >/dev/null && command -v squeue >/dev/null; then
     fi
 fi
 
-stop "$SLURMD_PID" slurmd
+for pidfile in /run/slurm/slurmd*.pid; do # one per node (NODES > 1 in slurm-up.sh)
+    [ -e "$pidfile" ] && stop "$pidfile" slurmd
+done
 stop "$CTLD_PID" slurmctld
 [ "${SLURM_DOWN_KEEP_MUNGE:-0}" = 1 ] || stop "$MUNGE_PID" munged
 

@@ -4,6 +4,9 @@
 # `sbatch --gpus=N` works on a CPU box and jobs see CUDA_VISIBLE_DEVICES set by Slurm.
 #
 #   sudo bash tests/cluster/slurm-up.sh          # FAKE_GPUS=2 by default (0 = no GRES)
+#   NODES=2 bash tests/cluster/slurm-up.sh       # two nodes <host>-0, <host>-1 on this machine (one
+#                                                # slurmd each, ports 17000+i; each with all CPUs and
+#                                                # FAKE_GPUS fake GPUs), for multi-node jobs
 #   SLURMD_NICE=10 bash tests/cluster/slurm-up.sh  # jobs run niced (shared machines)
 #   sudo bash tests/cluster/slurm-down.sh        # stop everything this script started
 #
@@ -16,6 +19,7 @@
 set -euo pipefail
 
 FAKE_GPUS="${FAKE_GPUS:-2}"
+NODES="${NODES:-1}"
 PARTITION="${SLURM_CI_PARTITION:-debug}"
 APT_TIMEOUT="${SLURM_UP_APT_TIMEOUT:-600}"   # seconds for apt-get update + install
 WAIT_S="${SLURM_UP_WAIT:-60}"                # seconds for each daemon / node / test-job wait
@@ -27,7 +31,7 @@ RUN_DIR=/run/slurm
 LOG_DIR=/var/log/slurm
 MUNGE_PID=/run/munge/munged.pid
 CTLD_PID=$RUN_DIR/slurmctld.pid
-SLURMD_PID=$RUN_DIR/slurmd.pid
+SLURMD_PID=$RUN_DIR/slurmd.pid # one node; with NODES > 1 each slurmd has its own ($RUN_DIR/slurmd-<node>.pid)
 
 say() { echo "slurm-up: $*"; }
 die() {
@@ -59,6 +63,7 @@ wait_for() {
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (installs packages, starts daemons)"
 [[ "$FAKE_GPUS" =~ ^[0-9]+$ ]] || die "FAKE_GPUS must be a non-negative integer, got '$FAKE_GPUS'"
+[[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "NODES must be a positive integer, got '$NODES'"
 
 # ---- 1. packages ------------------------------------------------------------------------------
 need=()
@@ -96,23 +101,53 @@ MEM=$(($(awk '/MemTotal/{print int($2/1024)}' /proc/meminfo) * 8 / 10))
 mkdir -p "$CONF_DIR" "$RUN_DIR" "$LOG_DIR" /var/spool/slurmctld /var/spool/slurmd \
     /run/munge /var/log/munge /var/lib/munge /etc/munge
 
+# Node names: the host itself for one node; <host>-0 .. <host>-(NODES-1) for several, each slurmd
+# on its own port (Debian's slurmd is built with multiple-slurmd support), all at 127.0.0.1.
+NODE_NAMES=()
+if [ "$NODES" -eq 1 ]; then
+    NODE_NAMES=("$HOST")
+else
+    for ((n = 0; n < NODES; n++)); do NODE_NAMES+=("$HOST-$n"); done
+fi
 gres_node="" gres_types=""
 gres_conf=""
 if [ "$FAKE_GPUS" -gt 0 ]; then
     # Each fake GPU needs a distinct existing device file; Slurm only stat()s it (no GPU driver).
-    for ((i = 0; i < FAKE_GPUS; i++)); do
-        [ -e "/dev/tty$i" ] || die "FAKE_GPUS=$FAKE_GPUS needs /dev/tty0../dev/tty$((FAKE_GPUS - 1)); /dev/tty$i is missing"
+    total=$((FAKE_GPUS * NODES))
+    for ((i = 0; i < total; i++)); do
+        [ -e "/dev/tty$i" ] || die "FAKE_GPUS=$FAKE_GPUS x NODES=$NODES needs /dev/tty0../dev/tty$((total - 1)); /dev/tty$i is missing"
     done
-    files="/dev/tty0"
-    [ "$FAKE_GPUS" -gt 1 ] && files="/dev/tty[0-$((FAKE_GPUS - 1))]"
     gres_types="GresTypes=gpu"
     gres_node="Gres=gpu:fake:$FAKE_GPUS"
-    gres_conf="NodeName=$HOST Name=gpu Type=fake File=$files"
+    for ((n = 0; n < NODES; n++)); do
+        first=$((n * FAKE_GPUS)) last=$((n * FAKE_GPUS + FAKE_GPUS - 1))
+        files="/dev/tty$first"
+        [ "$FAKE_GPUS" -gt 1 ] && files="/dev/tty[$first-$last]"
+        gres_conf+="NodeName=${NODE_NAMES[n]} Name=gpu Type=fake File=$files"$'\n'
+    done
+    gres_conf="${gres_conf%$'\n'}"
 fi
+node_lines=""
+if [ "$NODES" -eq 1 ]; then
+    node_lines="NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM $gres_node State=UNKNOWN"
+    SLURMD_PIDS=("$SLURMD_PID")
+else
+    SLURMD_PIDS=()
+    for ((n = 0; n < NODES; n++)); do
+        node_lines+="NodeName=${NODE_NAMES[n]} NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((17000 + n)) CPUs=$CPUS RealMemory=$((MEM / NODES)) $gres_node State=UNKNOWN"$'\n'
+        SLURMD_PIDS+=("$RUN_DIR/slurmd-${NODE_NAMES[n]}.pid")
+        mkdir -p "/var/spool/slurmd/${NODE_NAMES[n]}"
+    done
+    node_lines="${node_lines%$'\n'}"
+fi
+node_list=$(IFS=,; echo "${NODE_NAMES[*]}")
+# per-node files when several slurmd share the machine (%n: the node name)
+slurmd_suffix=""
+[ "$NODES" -gt 1 ] && slurmd_suffix="-%n"
 
 new_conf=$(
     cat <<EOF
-# Written by tests/cluster/slurm-up.sh (single-node CI cluster, FAKE_GPUS=$FAKE_GPUS). Do not edit.
+# Written by tests/cluster/slurm-up.sh (CI cluster on one machine, NODES=$NODES, FAKE_GPUS=$FAKE_GPUS). Do not edit.
 ClusterName=pvdm-ci
 SlurmctldHost=localhost
 SlurmUser=root
@@ -137,16 +172,16 @@ KillWait=5
 InactiveLimit=0
 SlurmdTimeout=60
 SlurmctldPidFile=$CTLD_PID
-SlurmdPidFile=$SLURMD_PID
+SlurmdPidFile=$RUN_DIR/slurmd$slurmd_suffix.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmdLogFile=$LOG_DIR/slurmd$slurmd_suffix.log
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd${slurmd_suffix/-/\/}
 # prints each task's GPU binding into the job's output (the Snakemake Slurm log)
 TaskProlog=$CONF_DIR/task-prolog.sh
 $gres_types
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM $gres_node State=UNKNOWN
-PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+$node_lines
+PartitionName=$PARTITION Nodes=$node_list Default=YES MaxTime=INFINITE State=UP
 EOF
 )
 # TaskProlog: "print ..." lines go to the task's stdout, i.e. the job's log file. This makes the
@@ -170,7 +205,12 @@ if [ "$gres_conf" != "$(grep -v '^#' "$CONF_DIR/gres.conf" 2>/dev/null)" ]; then
     fi
     changed=1
 fi
-if [ $changed = 1 ] && { alive "$CTLD_PID" slurmctld || alive "$SLURMD_PID" slurmd; }; then
+any_slurmd() {
+    local f
+    for f in "$RUN_DIR"/slurmd*.pid; do alive "$f" slurmd && return 0; done
+    return 1
+}
+if [ $changed = 1 ] && { alive "$CTLD_PID" slurmctld || any_slurmd; }; then
     say "configuration changed: restarting the Slurm daemons"
     SLURM_DOWN_KEEP_MUNGE=1 SLURM_DOWN_KEEP_CONF=1 bash "$HERE/slurm-down.sh" || die "could not stop the running daemons"
 fi
@@ -198,30 +238,36 @@ if ! alive "$CTLD_PID" slurmctld; then
     wait_for "$WAIT_S" "slurmctld pid file $CTLD_PID" alive "$CTLD_PID" slurmctld
 fi
 wait_for "$WAIT_S" "slurmctld to answer (scontrol ping)" bash -c 'scontrol ping | grep -q UP'
-if ! alive "$SLURMD_PID" slurmd; then
-    rm -f "$SLURMD_PID"
+for ((n = 0; n < NODES; n++)); do
+    pidfile=${SLURMD_PIDS[n]}
+    alive "$pidfile" slurmd && continue
+    rm -f "$pidfile"
+    name_arg=()
+    [ "$NODES" -gt 1 ] && name_arg=(-N "${NODE_NAMES[n]}")
     # Jobs inherit slurmd's nice value (PropagatePrioProcess=0): SLURMD_NICE=10 on shared boxes.
-    nice -n "${SLURMD_NICE:-0}" /usr/sbin/slurmd || die "slurmd did not start"
-    wait_for "$WAIT_S" "slurmd pid file $SLURMD_PID" alive "$SLURMD_PID" slurmd
-fi
-
-node_state() { sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n1; }
-state=""
-for ((i = 0; i < WAIT_S * 2; i++)); do
-    state=$(node_state)
-    case "$state" in
-    idle* | mixed* | allocated* | completing*) break ;;
-    down* | drain*)
-        # e.g. left down by an earlier unclean stop; ReturnToService=2 normally handles it
-        scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true ;;
-    inval*) die "node $HOST is INVALID: $(scontrol show node "$HOST" | grep -i reason)" ;;
-    esac
-    sleep 0.5
+    nice -n "${SLURMD_NICE:-0}" /usr/sbin/slurmd "${name_arg[@]}" || die "slurmd ${name_arg[*]} did not start"
+    wait_for "$WAIT_S" "slurmd pid file $pidfile" alive "$pidfile" slurmd
 done
-case "$state" in
-idle* | mixed* | allocated* | completing*) ;;
-*) die "node $HOST not usable after ${WAIT_S}s (state '${state:-none}'): $(scontrol show node "$HOST" 2>&1 | grep -i reason)" ;;
-esac
+
+node_state() { sinfo -h -n "$1" -o %T 2>/dev/null | head -n1; }
+for node in "${NODE_NAMES[@]}"; do
+    state=""
+    for ((i = 0; i < WAIT_S * 2; i++)); do
+        state=$(node_state "$node")
+        case "$state" in
+        idle* | mixed* | allocated* | completing*) break ;;
+        down* | drain*)
+            # e.g. left down by an earlier unclean stop; ReturnToService=2 normally handles it
+            scontrol update NodeName="$node" State=RESUME >/dev/null 2>&1 || true ;;
+        inval*) die "node $node is INVALID: $(scontrol show node "$node" | grep -i reason)" ;;
+        esac
+        sleep 0.5
+    done
+    case "$state" in
+    idle* | mixed* | allocated* | completing*) ;;
+    *) die "node $node not usable after ${WAIT_S}s (state '${state:-none}'): $(scontrol show node "$node" 2>&1 | grep -i reason)" ;;
+    esac
+done
 
 # ---- 5. test job (GPU request when fake GPUs exist) --------------------------------------------
 out=$(mktemp /tmp/slurm-up-test.XXXXXX)
@@ -241,4 +287,4 @@ if [ "$FAKE_GPUS" -gt 0 ]; then
         die "test job did not see CUDA_VISIBLE_DEVICES=$want (got: $result)"
 fi
 say "test job: $result"
-say "OK: $VERSION, node $HOST CPUs=$CPUS RealMemory=${MEM}M $gres_node partition=$PARTITION; bring-up wall time $(elapsed)s"
+say "OK: $VERSION, node(s) $node_list CPUs=$CPUS RealMemory=${MEM}M $gres_node partition=$PARTITION; bring-up wall time $(elapsed)s"

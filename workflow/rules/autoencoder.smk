@@ -22,7 +22,7 @@ rule train_autoencoder:
         data=lambda w: PIPELINE[w.exp].path(L.data),
         out=lambda w: PIPELINE[w.exp].path(L.stage1),
     shell:
-        "pvdm --threads {resources.cpu_threads} --nproc {resources.nproc} train-autoencoder --settings {params.settings:q} --data {params.data} "
+        "{resources.launch} train-autoencoder --settings {params.settings:q} --data {params.data} "
         "--out {params.out} > {log} 2>&1"
 
 
@@ -52,5 +52,5 @@ rule finetune_gan:
         data=lambda w: PIPELINE[w.exp].path(L.data),
         out=lambda w: PIPELINE[w.exp].path(L.gan),
     shell:
-        "pvdm --threads {resources.cpu_threads} --nproc {resources.nproc} finetune-gan --settings {params.settings:q} --data {params.data} --init {input.init} "
+        "{resources.launch} finetune-gan --settings {params.settings:q} --data {params.data} --init {input.init} "
         "--out {params.out} > {log} 2>&1"

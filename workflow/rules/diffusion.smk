@@ -22,7 +22,7 @@ rule train_diffusion:
         data=lambda w: PIPELINE[w.exp].path(L.data),
         out=lambda w: PIPELINE[w.exp].path(L.diffusion),
     shell:
-        "pvdm --threads {resources.cpu_threads} --nproc {resources.nproc} train-diffusion --settings {params.settings:q} --data {params.data} "
+        "{resources.launch} train-diffusion --settings {params.settings:q} --data {params.data} "
         "--autoencoder {input.autoencoder} --out {params.out} > {log} 2>&1"
 
 
