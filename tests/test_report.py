@@ -180,7 +180,7 @@ def test_table_footnotes_protocol_marks(table):
     assert "128 frames" in notes[ucf128]
     # the released checkpoint was evaluated under the paper's protocol: no warning
     assert "N=2048 real / 2048 fake" in notes[sky16] and "Differs" not in notes[sky16]
-    assert "sampler ddpm 400 steps eta 1" in notes[sky16]
+    assert "sampler ddim 400 steps eta 1" in notes[sky16]
 
 
 def test_table_missing_files_show_na(table):

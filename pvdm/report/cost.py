@@ -112,12 +112,12 @@ def sampling_costs(e: ExperimentDag, rates: dict[str, Any], measured_on: str | N
     r = find_rate(rates, "sample_s_per_clip", batch, measured_on)  # one 16-frame clip, 400 DDIM steps, decode incl.
     for kind, frames in e.sample_runs():
         n, k = e.sample_count(frames), frames // e.clip_length
-        seconds = n * k * r.value * e.sampler.steps / 400 if r.value else None
+        seconds = n * k * r.value * e.sampler.evaluations / 400 if r.value else None
         out.append(RuleCost("sample", len(e.shards(frames)), e.job("sample")["gpu"],
                             None if seconds is None else seconds / 3600,
                             f"{kind}{frames}: {n:,} videos x {k} clip(s) x {e.sampler.label}"
                             + (f" at {r.value:.3g} s per 400-step clip{'' if r.note else f' (batch {batch})'}, "
-                               f"scaled by steps{r.note}"
+                               f"scaled by network evaluations{r.note}"
                                if r.value else r.note), r.measured_on))
     return out
 

@@ -163,6 +163,10 @@ def _fmt_scalar(v: Any) -> str:
     return str(v)
 
 
+# The sampler of the paper's FVD numbers (DDIM, 400 steps, eta 1), as a label and as a described card.
+PAPER_SAMPLER = ("ddim400_eta1", "ddim 400 steps eta 1")
+
+
 def describe_sampler(sampler: Any) -> str:
     """``{"name": "ddim", "steps": 100, "eta": 1.0}`` -> "ddim 100 steps eta 1"; strings pass through."""
     if isinstance(sampler, dict):
@@ -275,6 +279,9 @@ def protocol_warnings(card: dict[str, Any], paper: pd.Series | None, dataset: st
         out.append(f"{card['frames']} frames vs the paper's {int(float(paper['frames']))}")
     if card.get("ema") is False and paper["variant"] != AUTOENCODER_VARIANT:
         out.append("raw weights vs the paper's EMA weights")
+    sampler = card.get("sampler")
+    if sampler is not None and paper["variant"] != AUTOENCODER_VARIANT and describe_sampler(sampler) not in PAPER_SAMPLER:
+        out.append(f"sampler {describe_sampler(sampler)} vs the paper's DDIM 400 steps, eta 1")
     return out
 
 
