@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
+from pvdm.diffusion.samplers import PAPER_SAMPLER as PAPER
 from pvdm.diffusion.samplers import Sampler
 from pvdm.utils.io import atomic_write_json
 
 OUT = Path(__file__).parent / "results" / "samplers"
-PAPER = Sampler("ddim", 400, 1.0)
 # The paper's sampler first (the reference), then the cheap ones, then the expensive rest.
 SAMPLERS = [
     PAPER,

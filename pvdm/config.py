@@ -103,6 +103,31 @@ def config_source(files: Sequence[str | Path], overrides: Mapping[str, Any] | Se
     return source
 
 
+def type_command_line_values(cfg: dict[str, Any], values: Mapping[str, Any]) -> None:
+    """Give the nested ``--config`` values of Snakemake their YAML types, in place in ``cfg``.
+
+    Snakemake reads a nested value (``--config 'experiments={ucf101: {sampling: {sampler: {steps: 20}}}}'``)
+    with YAML's BaseLoader, so every leaf arrives as a string ('20'); top-level values it types itself.
+    A leaf that is still the string Snakemake read becomes an int, float, bool or null where its text is one."""
+    for key, value in values.items():
+        if isinstance(value, Mapping) and isinstance(cfg.get(key), dict):
+            type_command_line_values(cfg[key], value)
+        elif isinstance(value, str) and cfg.get(key) == value:
+            cfg[key] = _scalar(value)
+        elif isinstance(value, list) and cfg.get(key) == value:
+            cfg[key] = [_scalar(v) if isinstance(v, str) else v for v in value]
+
+
+def _scalar(text: str) -> Any:
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    loaded = yaml.safe_load(text) if text.strip() else text
+    return loaded if loaded is None or isinstance(loaded, bool) else text
+
+
 def load_config(paths: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Load one or more YAML files (later ones override earlier ones), apply dotted ``key=value``
     overrides, validate, fill defaults. Returns plain dicts."""

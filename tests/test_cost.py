@@ -84,3 +84,20 @@ def test_nothing_measured_and_files_not_for_planning(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps({"valid_for_planning": False, "rates": {}}))
     with pytest.raises(ValueError, match="not measured at paper scale on a GPU"):
         plan_costs(cfg, tmp_path / "t.json")
+
+
+def test_plan_prices_each_sampler_by_network_evaluations(tmp_path):
+    from pvdm.report.cost import sampler_choices, sampler_markdown
+
+    cfg = load_config(REPO / "config" / "ucf101.yaml", ["experiments.ucf101.sampling.sampler.name=dpmpp2m",
+                                                        "experiments.ucf101.sampling.sampler.steps=15"])
+    choices, _ = sampler_choices(cfg, tmp_path / "absent.json")  # the paper's 20.4 s per 400-step clip
+    by_label = {s.label: (hours, configured) for _, s, hours, configured in choices}
+    paper = 2048 * (1 + 8) * 20.4 / 3600  # 2,048 16-frame clips + 2,048 videos of 8 clips
+    assert by_label["ddim400_eta1"] == (pytest.approx(paper), False)
+    assert by_label["dpmpp2m15_time"] == (pytest.approx(paper * 15 / 400), True)  # the configured one, added
+    assert by_label["ddim50_eta1"][0] == pytest.approx(paper / 8)
+    assert [s.evaluations for _, s, _, _ in choices] == sorted((s.evaluations for _, s, _, _ in choices), reverse=True)
+    md = sampler_markdown(choices)
+    assert "| ucf101 | ddim400_eta1 | 400 | 104.4 | the paper's |" in md
+    assert "| ucf101 | dpmpp2m15_time | 15 | 3.9 | configured |" in md

@@ -333,6 +333,11 @@ def test_snakemake_config_values_edit_the_default_and_are_blamed_by_name(tmp_pat
     bad = snakemake("-n", "--cores", "1", "--config", "targets=mnist", cwd=tmp_path)
     assert bad.returncode != 0
     assert "(with command-line values: targets=mnist): targets: 'mnist' is not of type 'array'" in bad.stdout + bad.stderr
+    # nested values arrive from Snakemake as text ('20'); they are typed before validation
+    nested = snakemake("-n", "--cores", "1", "--config",
+                       "experiments={mnist: {sampling: {sampler: {name: dpmpp2m, steps: 20, clip: false}}}}", cwd=tmp_path)
+    assert nested.returncode == 0, nested.stdout[-2000:] + nested.stderr[-2000:]
+    assert '"sampler": {"clip": false, "eta": 1.0, "name": "dpmpp2m", "steps": 20}' in nested.stdout
 
 
 @pytest.mark.parametrize(("error", "code", "message"), [

@@ -267,12 +267,18 @@ def register_plan(sub: argparse._SubParsersAction) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> None:
-    from pvdm.report.cost import THROUGHPUT, plan_costs, to_markdown
+    from pvdm.report.cost import THROUGHPUT, plan_costs, sampler_choices, sampler_markdown, to_markdown
 
     cfg, exps = _config_and_experiments(args)
     cfg = {**cfg, "targets": exps}
-    costs, measured_on = plan_costs(cfg, args.throughput or args.repo / THROUGHPUT)
+    throughput = args.throughput or args.repo / THROUGHPUT
+    costs, measured_on = plan_costs(cfg, throughput)
     print(to_markdown(costs, measured_on), end="")
+    choices, _ = sampler_choices(cfg, throughput)
+    if choices:
+        print("\nSampling by sampler (GPU-hours scale with network evaluations; FVD against the paper's sampler: "
+              "benchmarks/results/samplers/samplers.md):\n")
+        print(sampler_markdown(choices), end="")
 
 
 def register_publish(sub: argparse._SubParsersAction) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pvdm.dag import Dag, ExperimentDag
+from pvdm.diffusion.samplers import PAPER_SAMPLER, Sampler
 
 THROUGHPUT = Path("benchmarks") / "results" / "throughput.json"
 # Published figures, used only where no measurement exists.
@@ -30,6 +31,16 @@ PUBLISHED = {
     "sample_s_per_clip": {"value": 20.4, "unit": "s/clip",
                           "basis": "PVDM paper: 16x256x256 clip, 400-step DDIM", "measured_on": "RTX 3090 Ti (paper)"},
 }
+
+# The samplers `pvdm plan` prices side by side (the configured one is added when it is not here): the
+# paper's, DDIM at fewer steps, and the DPM-Solver++ settings benchmarks/bench_samplers.py measured.
+SAMPLER_CHOICES = (
+    {"name": "ddim", "steps": 400, "eta": 1.0},
+    {"name": "ddim", "steps": 100, "eta": 1.0},
+    {"name": "ddim", "steps": 50, "eta": 1.0},
+    {"name": "dpmpp2m", "steps": 25, "spacing": "time"},
+    {"name": "dpmpp2m", "steps": 20, "spacing": "time"},
+)
 
 
 @dataclass
@@ -105,17 +116,21 @@ def training_cost(e: ExperimentDag, rule: str, section: dict[str, Any], rate_nam
                     f"{basis}, at {r.value:.3g} {what}/s per GPU{r.note}; {gpus} GPU(s) x wall", r.measured_on, nodes)
 
 
-def sampling_costs(e: ExperimentDag, rates: dict[str, Any], measured_on: str | None) -> list[RuleCost]:
-    """One row per sample set: clips x seconds per clip at the sampling batch (one GPU per shard)."""
+def sampling_costs(e: ExperimentDag, rates: dict[str, Any], measured_on: str | None,
+                   sampler: Sampler | None = None) -> list[RuleCost]:
+    """One row per sample set: clips x seconds per clip at the sampling batch (one GPU per shard), with
+    the experiment's sampler or ``sampler``. The rate is for the paper's 400 network evaluations per clip;
+    a sampler costs in proportion to its evaluations (decoding, a small share at 400, is scaled along)."""
     out = []
+    sampler = sampler or e.sampler
     batch = e.cfg["sampling"]["batch_size"]
     r = find_rate(rates, "sample_s_per_clip", batch, measured_on)  # one 16-frame clip, 400 DDIM steps, decode incl.
     for kind, frames in e.sample_runs():
         n, k = e.sample_count(frames), frames // e.clip_length
-        seconds = n * k * r.value * e.sampler.evaluations / 400 if r.value else None
+        seconds = n * k * r.value * sampler.evaluations / 400 if r.value else None
         out.append(RuleCost("sample", len(e.shards(frames)), e.job("sample")["gpu"],
                             None if seconds is None else seconds / 3600,
-                            f"{kind}{frames}: {n:,} videos x {k} clip(s) x {e.sampler.label}"
+                            f"{kind}{frames}: {n:,} videos x {k} clip(s) x {sampler.label}"
                             + (f" at {r.value:.3g} s per 400-step clip{'' if r.note else f' (batch {batch})'}, "
                                f"scaled by network evaluations{r.note}"
                                if r.value else r.note), r.measured_on))
@@ -159,6 +174,36 @@ def plan_costs(config: dict[str, Any], throughput: str | os.PathLike | None = No
     rates, measured_on = load_rates(throughput)
     plan = Dag(config)
     return [c for exp in plan.selected for c in experiment_costs(plan[exp], rates, measured_on)], measured_on
+
+
+def sampler_choices(config: dict[str, Any], throughput: str | os.PathLike | None = None
+                    ) -> tuple[list[tuple[str, Sampler, float | None, bool]], str | None]:
+    """Sampling GPU-hours of every selected experiment under each of SAMPLER_CHOICES and its own sampler:
+    (experiment, sampler, GPU-hours or None when not measured, whether it is the configured one)."""
+    rates, measured_on = load_rates(throughput)
+    plan = Dag(config)
+    out = []
+    for exp in plan.selected:
+        e = plan[exp]
+        if not e.samples:
+            continue
+        choices = [Sampler.from_config(c) for c in SAMPLER_CHOICES]
+        if e.sampler.label not in {c.label for c in choices}:
+            choices.append(e.sampler)
+        for s in sorted(choices, key=lambda s: -s.evaluations):
+            hours = [c.gpu_hours for c in sampling_costs(e, rates, measured_on, s)]
+            out.append((exp, s, None if None in hours else sum(hours), s.label == e.sampler.label))
+    return out, measured_on
+
+
+def sampler_markdown(choices: list[tuple[str, Sampler, float | None, bool]]) -> str:
+    lines = ["| experiment | sampler | network evals per clip | sampling GPU-hours | |", "|---|---|---|---|---|"]
+    for exp, s, hours, configured in choices:
+        note = ", ".join(n for n, on in (("configured", configured), ("the paper's", s.label == PAPER_SAMPLER.label))
+                         if on)
+        shown = "not measured" if hours is None else f"{hours:,.1f}"
+        lines.append(f"| {exp} | {s.label} | {s.evaluations} | {shown} | {note} |")
+    return "\n".join(lines) + "\n"
 
 
 def to_markdown(costs: list[RuleCost], measured_on: str | None) -> str:

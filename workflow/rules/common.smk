@@ -7,6 +7,7 @@ import sys
 from pvdm.config import check_yaml as pvdm_check_yaml
 from pvdm.config import config_source
 from pvdm.config import resolve as pvdm_resolve
+from pvdm.config import type_command_line_values
 from pvdm.config import validate as pvdm_validate
 from pvdm.dag import FIGURES, WILDCARDS, fill
 from pvdm.dag import Layout as L
@@ -17,6 +18,8 @@ from pvdm.dag import Dag
 # silently (a duplicated key, whose second value wins) is an error here.
 for _f in workflow.configfiles:
     pvdm_check_yaml(_f)
+# Nested --config values arrive as text ('20'); they get their YAML types first.
+type_command_line_values(config, workflow.config_settings.config)
 # `${...}` interpolations are resolved before validation, as `pvdm --config` does.
 _resolved = pvdm_resolve(config, config_source(workflow.configfiles))
 config.clear()
