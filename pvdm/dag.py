@@ -303,6 +303,17 @@ class ExperimentDag:
             })
         return rows
 
+    def check_sampler(self) -> None:
+        """The sampler's steps and time steps, when the DAG is built instead of in the sampling jobs. DDIM's
+        range is the schema's; the others need the noise schedule (a multistep solver's log-SNR steps
+        can collapse onto one integer time step), so torch is imported only for them."""
+        if not self.samples or self.cfg["sampling"]["sampler"]["name"] == "ddim":
+            return
+        try:
+            self.sampler  # noqa: B018 - builds and checks it
+        except ValueError as e:
+            raise ValueError(f"experiments.{self.id}.sampling.sampler: {e}") from None
+
     # --- what a job asks for ------------------------------------------------------------------------
 
     def job(self, stage: str) -> dict[str, int]:
@@ -472,6 +483,8 @@ class Dag:
         unknown = [e for e in self.selected if e not in self.experiments]
         if unknown:
             raise ValueError(f"targets {unknown} are not experiments of the config (have {sorted(self.experiments)})")
+        for e in self.experiments.values():
+            e.check_sampler()
 
     def __getitem__(self, exp: str) -> ExperimentDag:
         return self.experiments[exp]

@@ -4,6 +4,7 @@ on Gaussian data whose exact noise predictor is known, closeness to the data at 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -211,3 +212,19 @@ def test_clip_is_a_sampler_option():
 def test_bad_sampler_settings_fail_at_once(config, message):
     with pytest.raises(ValueError, match=message):
         Sampler.from_config({"eta": 1.0, **config})
+
+
+@pytest.mark.parametrize("sampler, message", [
+    ({"name": "dpmpp2m", "steps": 50, "spacing": "logsnr"}, "puts steps 46 and 47 on time step 2 of 1000"),
+    ({"name": "ddpm", "steps": 400}, "the ddpm sampler walks all 1000 steps; got steps=400"),
+])
+def test_a_bad_sampler_stops_the_dag_before_any_job(sampler, message):
+    from pvdm.config import load_config
+    from pvdm.dag import Dag
+
+    cfg = load_config(Path(__file__).parents[1] / "config" / "config.yaml")
+    cfg["experiments"]["mnist"]["sampling"]["sampler"] = sampler
+    with pytest.raises(ValueError, match=f"^experiments.mnist.sampling.sampler: .*{message}"):
+        Dag(cfg)
+    cfg["experiments"]["mnist"]["sampling"]["sampler"] = {"name": "dpmpp2m", "steps": 30, "spacing": "logsnr"}
+    assert Dag(cfg)["mnist"].sampler.label == "dpmpp2m30_logsnr"

@@ -32,6 +32,7 @@ from conftest import DATA, REPO
 
 TIMEOUT = int(os.environ.get("PVDM_SLURM_TIMEOUT", "1200"))
 STALL_S = 120
+FROZEN_S = 90  # slurmctld checks time limits every 30 s: a job frozen this long was not going to time out
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
@@ -43,9 +44,9 @@ PROFILE = REPO / "profiles" / "ci-slurm"
 GPU_RULE, GPUS = "train_diffusion", 2
 # The autoencoder's stage 1 runs on both nodes of the test cluster (one launcher each, c10d over
 # localhost, one fake GPU each); the diffusion training is requeued (`scontrol requeue`) while it trains.
-# slurmctld enforces time limits every 30 s, so the job must train on for more than that after its
-# limit is set: 200 tiny steps take about a minute on 2 cores.
-MULTINODE_RULE, REQUEUE_STEPS = "train_autoencoder", 200  # requeued at step 3+, time limit at step 10+
+# slurmctld enforces time limits every 30 s, and 80 tiny steps can take less than that on a quiet
+# machine, so the test freezes the job (SIGSTOP) once its limit is set; Slurm sends SIGCONT before SIGTERM.
+MULTINODE_RULE, REQUEUE_STEPS = "train_autoencoder", 80  # requeued at step 3+, time limit at step 10+
 # Rules that must run as Slurm jobs (light rules such as paper_table may be localrules).
 SLURM_RULES = {"prepare_data", "train_autoencoder", "finetune_gan", "train_diffusion", "sample", "eval_fvd"}
 
@@ -282,8 +283,11 @@ class Interruptions:
       in the queue and starts it again under the same job id (Slurm holds a requeued job back for
       2 minutes, its BeginTime; this starts it at once).
     * ``time limit``: ``scontrol update EndTime=now``: the job's time limit is reached at
-      slurmctld's next time-limit check (at most 30 s), Slurm SIGTERMs it ("CANCELLED ... DUE TO TIME LIMIT", state TIMEOUT) and Snakemake
-      submits it again (``--retries 1``).
+      slurmctld's next time-limit check (at most 30 s), Slurm SIGTERMs it ("CANCELLED ... DUE TO TIME
+      LIMIT", state TIMEOUT) and Snakemake submits it again (``--retries 1``). Until then the job's
+      processes are stopped (SIGSTOP), so that it is still training whatever the machine's speed: Slurm
+      sends SIGCONT before SIGTERM (as to a job stopped in a debugger); the test sends SIGCONT itself
+      once the job is no longer running or after FROZEN_S.
 
     Called every second while Snakemake runs; records the jobs, the steps each run stopped at and
     resumed from (from the rule's log, which each run overwrites), and Slurm's restart count."""
@@ -294,6 +298,7 @@ class Interruptions:
         self.stopped: set[int] = set()  # "stopped by SIGTERM at step N" seen in the rule's log
         self.resumed: set[int] = set()  # "resuming from ... at step N"
         self.restarts: int | None = None
+        self.frozen: tuple[float, list[int], str] | None = None  # (since, pids, job) stopped by SIGSTOP
 
     def running_job(self) -> str | None:
         queue = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i|%k"], capture_output=True, text=True,
@@ -301,7 +306,35 @@ class Interruptions:
         jobs = [i for i, _, c in (line.partition("|") for line in queue.splitlines()) if c.startswith(f"rule_{self.rule}")]
         return jobs[0] if jobs else None
 
+    @staticmethod
+    def job_processes(job: str) -> list[int]:
+        """The processes of Slurm job ``job`` on this machine (SLURM_JOB_ID in their environment)."""
+        pids = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and f"SLURM_JOB_ID={job}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(proc.name))
+            except OSError:  # gone, or not ours to read
+                pass
+        return pids
+
+    def thaw(self, force: bool = False) -> None:
+        """SIGCONT the frozen job once Slurm has ended it (or FROZEN_S passed, or ``force``)."""
+        if self.frozen is None:
+            return
+        since, pids, job = self.frozen
+        shown = "" if force else subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
+                                                timeout=30).stdout
+        if force or "JobState=RUNNING" not in shown or time.monotonic() - since > FROZEN_S:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            self.frozen = None
+
     def __call__(self) -> None:
+        self.thaw()
         text = self.rule_log.read_text() if self.rule_log.is_file() else ""
         self.stopped |= {int(n) for n in re.findall(r"stopped by SIGTERM at step (\d+)", text)}
         self.resumed |= {int(n) for n in re.findall(r"resuming from \S+ at step (\d+)", text)}
@@ -324,6 +357,11 @@ class Interruptions:
         cmd = ["requeue", job] if what == "requeue" else ["update", f"JobId={job}", "EndTime=now"]
         done = subprocess.run(["scontrol", *cmd], capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
+        if what == "time limit":
+            pids = self.job_processes(job)
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            self.frozen = (time.monotonic(), pids, job)
         self.done.append((what, job))
         self.plan.pop(0)
 
@@ -375,6 +413,7 @@ def test_tiny_dag_through_slurm(slurm_cluster, tmp_path, pytestconfig, request):
                      "--out", str(straight)]
     reference: list[subprocess.Popen] = []
     request.addfinalizer(lambda: [p.kill() for p in reference if p.poll() is None])  # never left running
+    request.addfinalizer(lambda: interrupt.thaw(force=True))  # never left stopped
 
     def during() -> None:
         interrupt()
