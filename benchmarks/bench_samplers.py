@@ -68,16 +68,23 @@ def cpu_name() -> str:
     return f"{model}, {torch.get_num_threads()} threads"
 
 
-def measure(sampler: Sampler, run: Path, n: int, batch: int, work: Path) -> dict:
-    from pvdm.eval.fvd import fvd_files
+def generate_clips(sampler: Sampler, run: Path, n: int, batch: int, out: Path) -> float:
+    """``n`` 16-frame clips of the run's EMA U-Net under ``out`` (the pipeline's sampling path, seeds
+    0..n-1); returns the seconds it took (sampling + decoding)."""
     from pvdm.sample import generate
 
-    out = work / sampler.label
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     generate(run / "autoencoder" / "gan" / "model.pt", run / "diffusion" / "ema.pt", out, num_videos=n, frames=16,
              sampler=sampler, seed=0, batch_size=batch, device="cpu", weights="ema")
-    seconds = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def measure(sampler: Sampler, run: Path, n: int, batch: int, work: Path) -> dict:
+    from pvdm.eval.fvd import fvd_files
+
+    out = work / sampler.label
+    seconds = generate_clips(sampler, run, n, batch, out)
     record = fvd_files(run / "data" / "train", out / "clips", work / f"{sampler.label}.fvd.json", num_videos=n,
                        frames=16, floor_videos=n, device="cpu", cache_dir=work / "features", dataset="moving_mnist",
                        split="train")
@@ -91,14 +98,8 @@ def measure(sampler: Sampler, run: Path, n: int, batch: int, work: Path) -> dict
 def time_sampling(sampler: Sampler, run: Path, n: int, batch: int, work: Path) -> dict:
     """Seconds per clip (sampling + decoding) of ``n`` clips, nothing else running: FVD runs may share the
     machine (they record FVD only), timings must not."""
-    from pvdm.sample import generate
-
     out = work / f"time_{sampler.label}"
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    generate(run / "autoencoder" / "gan" / "model.pt", run / "diffusion" / "ema.pt", out, num_videos=n, frames=16,
-             sampler=sampler, seed=0, batch_size=batch, device="cpu", weights="ema")
-    seconds = time.perf_counter() - t0
+    seconds = generate_clips(sampler, run, n, batch, out)
     shutil.rmtree(out)
     return {"label": sampler.label, "evaluations": sampler.evaluations, "n": n, "batch": batch,
             "seconds_per_clip": seconds / n, "cpu": cpu_name()}

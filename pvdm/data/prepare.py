@@ -321,30 +321,29 @@ def _prepare_read(
         train, test = train[: data_cfg["max_videos"]], test[: data_cfg["max_videos"]]
     log.info("dataset: %s at %s: %d train / %d test videos", dataset, raw_root, len(train), len(test))
     manifest_path.unlink(missing_ok=True)
+    stores, hashes = _build_train_test(data_cfg, train, test, params, out, seed, meta)
+    return stores, hashes, f"{dataset} read from {raw_root}", raw_root
+
+
+def _build_train_test(
+    data_cfg: dict[str, Any], train: list[VideoSource], test: list[VideoSource], params: ClipParams, out: Path,
+    seed: int, meta: dict, **worker: Any,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The train stores (clips evenly over each video, and long videos) and the test store (one random
+    clip per video), decoded by ``data.workers`` processes; ``worker`` is passed on to ``_build_split``.
+    Returns ``(stores, source hashes)``."""
     # spawn, not fork: a forked child of a process that already ran torch ops can crash in them.
     workers = data_cfg["workers"]
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=ctx) if workers > 1 else None
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     try:
-        stores = _build_split(
-            "train",
-            train,
-            params,
-            out,
-            "even",
-            data_cfg["clips_per_video"],
-            seed,
-            pool,
-            data_cfg["long_frames"],
-            data_cfg["long_videos"],
-            meta,
-        )
-        stores |= _build_split("test", test, params, out, "random", 1, seed, pool, meta=meta)
+        stores = _build_split("train", train, params, out, "even", data_cfg["clips_per_video"], seed, pool,
+                              data_cfg["long_frames"], data_cfg["long_videos"], meta=meta, **worker)
+        stores |= _build_split("test", test, params, out, "random", 1, seed, pool, meta=meta, **worker)
     finally:
         if pool is not None:
             pool.shutdown()
     hashes = {k: v for s in ("train", "test") for k, v in stores[s].pop("source_sha256").items()}
-    return stores, hashes, f"{dataset} read from {raw_root}", raw_root
+    return stores, hashes
 
 
 def _prepare_videos(
@@ -374,19 +373,11 @@ def _prepare_videos(
              raw_root, len(split["train"]), len(split["test"]), sum(e.status == "duplicate" for e in entries),
              sum(e.status == "skipped" for e in entries))
     manifest_path.unlink(missing_ok=True)
-    workers, opts = data_cfg["workers"], videos.video_options(data_cfg)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
-    common = dict(worker=videos.process_video, extra=(opts,), meta=meta)
     try:
-        stores = _build_split("train", split["train"], params, out, "even", data_cfg["clips_per_video"], seed,
-                              pool, data_cfg["long_frames"], data_cfg["long_videos"], **common)
-        stores |= _build_split("test", split["test"], params, out, "random", 1, seed, pool, **common)
+        stores, hashes = _build_train_test(data_cfg, split["train"], split["test"], params, out, seed, meta,
+                                           worker=videos.process_video, extra=(videos.video_options(data_cfg),))
     except DataError as e:
         raise DataError(f"{raw_root}: {e}") from e
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    hashes = {k: v for s in ("train", "test") for k, v in stores[s].pop("source_sha256").items()}
     rows = videos.file_rows(entries, stores)
     extra = {"dataset_files_sha256": digest, "counts": videos.summary(rows), "files": rows}
     return stores, hashes, f"videos read from {raw_root}", raw_root, extra
